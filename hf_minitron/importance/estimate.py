@@ -1,0 +1,223 @@
+"""Activation-based importance from forward hooks: one pass over calibration data for all axes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import CalibrationSet, build_calibration_set
+from ..errors import MinitronError
+from ..evaluation.perplexity import input_device, mean_lm_loss
+from ..families import family_for, get_module
+from ..layers import decoder_layers, skipped_layers
+from ..shapes import config_head_dim
+from .aggregation import SampleAccumulator, check_aggregation, reduce_sequence
+from .scores import ImportanceScores
+
+
+class _ActivationRecorder:
+    """Forward hooks that turn activations into per-sample scores as they stream by."""
+
+    def __init__(self, model, seq_aggregation: str):
+        self.model = model
+        self.family = family_for(model)
+        self.seq_aggregation = seq_aggregation
+        self.head_dim = config_head_dim(model.config)
+        layers = decoder_layers(model)
+        self.heads = [SampleAccumulator() for _ in layers]
+        self.neurons = [SampleAccumulator() for _ in layers]
+        self.channels = [[SampleAccumulator() for _ in self.family.channel_norms] for _ in layers]
+        self.cos_sum = torch.zeros(len(layers), dtype=torch.float64)
+        self.token_count = torch.zeros(len(layers), dtype=torch.float64)
+        self._mask: torch.Tensor | None = None
+        self._masks_by_device: dict[torch.device, torch.Tensor] = {}
+        self._handles = []
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        self._mask, self._masks_by_device = mask, {}
+
+    def _mask_on(self, device: torch.device) -> torch.Tensor:
+        # Layers of a device_map-dispatched model live on different devices: one mask copy each.
+        if device not in self._masks_by_device:
+            self._masks_by_device[device] = self._mask.to(device=device, dtype=torch.float32)
+        return self._masks_by_device[device]
+
+    def _add(self, accumulator: SampleAccumulator, magnitudes: torch.Tensor) -> None:
+        accumulator.add(reduce_sequence(magnitudes, self._mask_on(magnitudes.device), self.seq_aggregation))
+
+    def attach(self) -> _ActivationRecorder:
+        family = self.family
+        for index, layer in enumerate(decoder_layers(self.model)):
+            self._handles += [
+                get_module(layer, family.head_activation_input).register_forward_pre_hook(self._head_hook(index)),
+                get_module(layer, family.neuron_activation_input).register_forward_pre_hook(self._neuron_hook(index)),
+                layer.register_forward_hook(self._block_hook(index), with_kwargs=True),
+            ]
+            for slot, norm in enumerate(family.channel_norms):
+                self._handles.append(get_module(layer, norm).register_forward_hook(self._channel_hook(index, slot)))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _head_hook(self, index):
+        def hook(module, args):
+            x = args[0]
+            per_head = x.float().unflatten(-1, (-1, self.head_dim)).norm(dim=-1)  # [b, s, heads]
+            self._add(self.heads[index], per_head)
+
+        return hook
+
+    def _neuron_hook(self, index):
+        def hook(module, args):
+            self._add(self.neurons[index], args[0].float().abs())
+
+        return hook
+
+    def _channel_hook(self, index, slot):
+        def hook(module, args, output):
+            self._add(self.channels[index][slot], output.float().abs())
+
+        return hook
+
+    def _block_hook(self, index):
+        def hook(module, args, kwargs, output):
+            before = args[0] if args else kwargs["hidden_states"]
+            after = output[0] if isinstance(output, tuple) else output
+            mask = self._mask_on(after.device)
+            cos = F.cosine_similarity(before.float(), after.float(), dim=-1)
+            self.cos_sum[index] += float((cos * mask).sum())
+            self.token_count[index] += float(mask.sum())
+
+        return hook
+
+
+@torch.no_grad()
+def measure_block_lm_loss(
+    model, calibration_data: CalibrationSet, sizes, batch_size: int = 8, progress: bool = True
+) -> tuple[float | None, dict[int, torch.Tensor]]:
+    """LM loss with each contiguous block of k layers skipped, for each k in ``sizes``.
+
+    Returns (loss of the whole model, {k: [loss with layers i..i+k-1 skipped for each i]}).
+    Layers are skipped by running the model without them, so no weight is copied.
+    """
+    if not sizes:
+        return None, {}
+    base_loss = mean_lm_loss(model, calibration_data, batch_size)
+    num_layers = len(decoder_layers(model))
+    runs = [(k, start) for k in sizes for start in range(num_layers - k + 1)]
+    losses: dict[int, list[float]] = {k: [] for k in sizes}
+    for k, start in tqdm(runs, desc="LM loss per skipped block", disable=not progress):
+        with skipped_layers(model, range(start, start + k)):
+            losses[k].append(mean_lm_loss(model, calibration_data, batch_size))
+    return base_loss, {k: torch.tensor(v) for k, v in losses.items()}
+
+
+def _model_name(model) -> str:
+    name = getattr(model.config, "_name_or_path", "") or ""
+    return Path(name).name if Path(name).exists() else name  # never publish a local path
+
+
+@torch.no_grad()
+def estimate_importance(
+    model,
+    tokenizer=None,
+    calibration_data=None,
+    *,
+    num_samples: int = 1024,
+    seq_len: int = 1024,
+    batch_size: int = 8,
+    batch_aggregation: str = "l2",
+    seq_aggregation: str = "mean",
+    packing: bool = True,
+    text_column: str | None = None,
+    block_lm_loss_sizes: tuple[int, ...] | list[int] = (),
+    progress: bool = True,
+) -> ImportanceScores:
+    """Score every head, MLP neuron, embedding channel and layer of ``model``.
+
+    One forward pass over the calibration data records all width axes and the block
+    importance of each layer. ``block_lm_loss_sizes`` adds, for each block size k, the
+    LM loss with every contiguous block of k layers skipped (one more pass per block,
+    no model copies), which the ``lm_loss`` layer selection uses.
+
+    ``calibration_data`` is anything ``hf_minitron.data.iter_texts`` reads (a list of
+    strings, a ``datasets`` object, a file or folder, a Hub dataset id, built-in text),
+    or a ready ``CalibrationSet``.
+    """
+    family_for(model)
+    check_aggregation(batch_aggregation, "batch")
+    check_aggregation(seq_aggregation, "sequence")
+    num_layers = len(decoder_layers(model))
+    sizes = sorted(set(int(k) for k in block_lm_loss_sizes))
+    bad = [k for k in sizes if not 0 < k < num_layers]
+    if bad:
+        raise MinitronError(
+            f"Block sizes {bad} are impossible for a model of {num_layers} layers",
+            fix=f"use sizes between 1 and {num_layers - 1}",
+        )
+    if not isinstance(calibration_data, CalibrationSet):
+        if tokenizer is None:
+            raise MinitronError("A tokenizer is needed to tokenize the calibration text", fix="pass tokenizer=...")
+        calibration_data = build_calibration_set(
+            calibration_data,
+            tokenizer,
+            num_samples=num_samples,
+            seq_len=seq_len,
+            packing=packing,
+            text_column=text_column,
+        )
+    was_training = model.training
+    model.eval()
+    recorder = _ActivationRecorder(model, seq_aggregation).attach()
+    decoder = get_module(model, family_for(model).decoder)
+    device = input_device(model)
+    batches = calibration_data.batches(batch_size)
+    total = math.ceil(len(calibration_data) / batch_size)
+    try:
+        for batch in tqdm(batches, total=total, desc="importance", disable=not progress):
+            recorder.set_mask(batch["attention_mask"])
+            # The decoder alone: importance needs no logits, so the LM head is skipped.
+            decoder(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                use_cache=False,
+            )
+    finally:
+        recorder.detach()
+
+    base_loss, block_losses = measure_block_lm_loss(model, calibration_data, sizes, batch_size, progress)
+    model.train(was_training)
+
+    channels = torch.stack([sum(acc.result(batch_aggregation) for acc in slots) for slots in recorder.channels])
+    config = model.config
+    return ImportanceScores(
+        heads=torch.stack([acc.result(batch_aggregation) for acc in recorder.heads]),
+        neurons=torch.stack([acc.result(batch_aggregation) for acc in recorder.neurons]),
+        channels_per_layer=channels,
+        block_importance=(1 - recorder.cos_sum / recorder.token_count.clamp_min(1)).float(),
+        block_lm_loss=block_losses,
+        base_lm_loss=base_loss,
+        metadata={
+            "model": _model_name(model),
+            "data": calibration_data.description,
+            "batch_aggregation": batch_aggregation,
+            "seq_aggregation": seq_aggregation,
+            "num_samples": len(calibration_data),
+            "num_tokens": calibration_data.num_tokens,
+            "seq_len": max(len(s) for s in calibration_data.samples),
+            "shape": {
+                "num_hidden_layers": num_layers,
+                "hidden_size": config.hidden_size,
+                "intermediate_size": config.intermediate_size,
+                "num_attention_heads": config.num_attention_heads,
+                "num_key_value_heads": config.num_key_value_heads,
+            },
+        },
+    )

@@ -1,0 +1,110 @@
+"""PruningConfig: the target shape, and how layers are chosen when depth is cut."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import MinitronError
+from ..outputs import write_text_atomically
+
+LAYER_SELECTIONS = ("block_importance", "lm_loss", "explicit")
+CONFIG_NAME = "pruning_config.json"
+WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
+@dataclass
+class PruningConfig:
+    """Target sizes of a pruned model. A target left as ``None`` keeps that dimension.
+
+    Width:
+        hidden_size: residual-stream width (embedding channels). head_dim is always kept,
+            so attention projections keep ``num_attention_heads * head_dim`` rows.
+        intermediate_size: MLP neurons per layer.
+        num_attention_heads: query heads, removed evenly inside every KV group (GQA).
+        num_key_value_heads: KV heads; whole groups are removed with their query heads.
+    Depth:
+        num_hidden_layers: layers to keep.
+        layer_selection: how the layers to drop are chosen —
+            ``block_importance``: the layers with the lowest 1 − cos(input, output);
+            ``lm_loss``: the one contiguous block whose removal hurts LM loss least (needs
+            scores computed with ``block_lm_loss_sizes`` containing the block size);
+            ``explicit``: exactly ``layers_to_drop``.
+        layers_to_drop: 0-based layer indices for ``explicit`` selection.
+    Options:
+        head_residual_merge: when query heads are cut from L to K per group, fold pruned heads
+            into kept ones as in Minitron: head_i ← 2·head_i − head_{2K−i+1}, applied to each
+            query head's weights (q_proj rows and bias, o_proj columns).
+    """
+
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    num_hidden_layers: int | None = None
+    layer_selection: str = "block_importance"
+    layers_to_drop: list[int] | None = None
+    head_residual_merge: bool = False
+
+    def __post_init__(self) -> None:
+        for name in (*WIDTH_TARGETS, "num_hidden_layers"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise MinitronError(f"PruningConfig.{name} must be a positive integer, got {value!r}")
+        if self.layers_to_drop is not None:
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.layers_to_drop):
+                raise MinitronError(f"layers_to_drop must be a list of layer indices, got {self.layers_to_drop!r}")
+            self.layers_to_drop = sorted(self.layers_to_drop)
+            if self.layer_selection == "block_importance":  # the default: a list implies explicit
+                self.layer_selection = "explicit"
+        if self.layer_selection not in LAYER_SELECTIONS:
+            raise MinitronError(
+                f"Unknown layer_selection '{self.layer_selection}'",
+                f"the choices are {', '.join(LAYER_SELECTIONS)}",
+            )
+        if self.layer_selection == "explicit" and self.layers_to_drop is None:
+            raise MinitronError(
+                "layer_selection 'explicit' needs layers_to_drop",
+                fix="list the 0-based indices of the layers to remove",
+            )
+        if not isinstance(self.head_residual_merge, bool):
+            raise MinitronError(f"head_residual_merge must be true or false, got {self.head_residual_merge!r}")
+
+    @property
+    def prunes_depth(self) -> bool:
+        return self.num_hidden_layers is not None or self.layers_to_drop is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PruningConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MinitronError(
+                f"Unknown pruning setting(s): {', '.join(unknown)}",
+                f"PruningConfig accepts {', '.join(sorted(known))}",
+            )
+        return cls(**values)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / CONFIG_NAME
+        write_text_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> PruningConfig:
+        """Read a ``pruning_config.json`` file, or the one inside a folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise MinitronError(f"No pruning config at '{path}'", fix=f"point at a {CONFIG_NAME} file or its folder")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise MinitronError(f"'{path}' is not valid JSON ({error})") from error
+        return cls.from_dict(values)

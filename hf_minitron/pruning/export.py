@@ -1,0 +1,37 @@
+"""Writing a pruned model folder that loads with plain transformers, atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..importance.scores import ImportanceScores
+from ..outputs import atomic_output_dir
+from .config import PruningConfig
+
+IMPORTANCE_SUBFOLDER = "importance"
+
+
+def save_pruned_model(
+    model,
+    output_dir: str | os.PathLike,
+    *,
+    tokenizer=None,
+    pruning_config: PruningConfig | None = None,
+    scores: ImportanceScores | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save weights (safetensors), config, tokenizer, pruning config and the importance scores used.
+
+    The folder appears only when everything is written; on any failure nothing is left.
+    """
+    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if pruning_config is not None:
+            pruning_config.save_pretrained(staging)
+        if scores is not None:
+            scores.save(staging / IMPORTANCE_SUBFOLDER)
+            scores.plot(staging / IMPORTANCE_SUBFOLDER / "importance.png")
+    return Path(output_dir)

@@ -1,0 +1,210 @@
+"""Turn a PruningConfig and importance scores into exactly what to keep — checked before any weight moves."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import MinitronError
+from ..families import HEADS, HIDDEN, KV_HEADS, MLP, ModelFamily, family_for
+from ..importance.scores import ImportanceScores
+from ..shapes import config_head_dim
+from .config import PruningConfig
+
+
+def compile_plan(family: ModelFamily) -> list[tuple[re.Pattern, tuple]]:
+    """Parameter-name patterns as regexes; ``*`` captures the layer index."""
+    return [
+        (re.compile("^" + re.escape(pattern).replace(r"\*", r"(\d+)") + "$"), axes)
+        for pattern, axes in family.pruning_plan.items()
+    ]
+
+
+def match_parameter(plan, name: str) -> tuple[tuple, int | None] | None:
+    for regex, axes in plan:
+        found = regex.match(name)
+        if found:
+            return axes, int(found.group(1)) if found.groups() else None
+    return None
+
+
+@dataclass
+class PruningPlan:
+    """What survives, in original indices. ``None`` for an axis means it is kept whole."""
+
+    keep_layers: list[int]
+    hidden: torch.Tensor | None = None
+    heads: dict[int, torch.Tensor] | None = None  # original layer → kept query heads
+    kv_heads: dict[int, torch.Tensor] | None = None  # original layer → kept KV heads
+    neurons: dict[int, torch.Tensor] | None = None  # original layer → kept MLP neurons
+    targets: dict[str, int] = field(default_factory=dict)
+    # original layer → (kept head, pruned head it absorbs) pairs for the residual merge
+    head_merges: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def keep(self, axis: str):
+        return {HIDDEN: self.hidden, HEADS: self.heads, KV_HEADS: self.kv_heads, MLP: self.neurons}[axis]
+
+
+def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores, in their original order (so weights keep their layout)."""
+    return torch.topk(scores.float(), k).indices.sort().values
+
+
+def _check_parameters(model, family: ModelFamily) -> None:
+    plan = compile_plan(family)
+    unknown = [name for name, _ in model.named_parameters() if match_parameter(plan, name) is None]
+    if unknown:
+        raise MinitronError(
+            f"The model has parameters hf_minitron does not know how to prune: {', '.join(unknown[:5])}",
+            f"the {family.name} pruning plan does not cover them, and leaving them unsliced would break the model",
+            "add patterns for them to the family's pruning plan in hf_minitron/families.py",
+        )
+
+
+def _targets(model, config: PruningConfig) -> tuple[dict[str, int], dict[str, int]]:
+    c = model.config
+    source = {
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+        "num_hidden_layers": c.num_hidden_layers,
+    }
+    target = {k: getattr(config, k) if getattr(config, k) is not None else v for k, v in source.items()}
+    if config.layers_to_drop is not None and config.num_hidden_layers is None:
+        target["num_hidden_layers"] = source["num_hidden_layers"] - len(config.layers_to_drop)
+    return source, target
+
+
+def _validate(source, target, config: PruningConfig, scores: ImportanceScores | None, need_scores: bool) -> list[str]:
+    problems = []
+    for key, value in target.items():
+        if value > source[key]:
+            problems.append(f"{key}={value} is larger than the model's {source[key]} (pruning only removes)")
+    h, kv = target["num_attention_heads"], target["num_key_value_heads"]
+    if h % kv:
+        problems.append(f"num_attention_heads={h} is not a multiple of num_key_value_heads={kv}")
+    elif h // kv > source["num_attention_heads"] // source["num_key_value_heads"]:
+        problems.append(
+            f"{h} query heads over {kv} KV heads means {h // kv} per group, more than the model's "
+            f"{source['num_attention_heads'] // source['num_key_value_heads']}: heads are removed inside groups, "
+            "never added"
+        )
+    if target["hidden_size"] % h and target["hidden_size"] <= source["hidden_size"]:
+        problems.append(
+            f"hidden_size={target['hidden_size']} is not a multiple of num_attention_heads={h} "
+            f"(transformers requires it; try {target['hidden_size'] - target['hidden_size'] % h})"
+        )
+    num_layers = source["num_hidden_layers"]
+    drop = config.layers_to_drop
+    if drop is not None:
+        outside = [i for i in drop if not 0 <= i < num_layers]
+        if outside:
+            problems.append(f"layers_to_drop {outside} are outside 0..{num_layers - 1}")
+        if len(set(drop)) != len(drop):
+            problems.append(f"layers_to_drop {drop} repeats a layer")
+        if num_layers - len(set(drop)) != target["num_hidden_layers"]:
+            problems.append(
+                f"dropping {len(set(drop))} of {num_layers} layers leaves {num_layers - len(set(drop))}, "
+                f"not num_hidden_layers={target['num_hidden_layers']}"
+            )
+    if target["num_hidden_layers"] < num_layers and config.layer_selection == "lm_loss":
+        k = num_layers - target["num_hidden_layers"]
+        if scores is not None and k not in scores.block_lm_loss:
+            have = sorted(scores.block_lm_loss) or "none"
+            problems.append(
+                f"layer_selection 'lm_loss' needs block LM losses for blocks of {k} layers (the scores have {have}); "
+                f"estimate importance with block_lm_loss_sizes=[{k}] (--block-sizes {k})"
+            )
+    width_cut = any(
+        target[k] < source[k]
+        for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+    )
+    depth_by_scores = target["num_hidden_layers"] < num_layers and config.layer_selection != "explicit"
+    if need_scores and scores is None and (width_cut or depth_by_scores):
+        problems.append("importance scores are needed to choose what to remove; pass the result of estimate_importance")
+    return problems
+
+
+def _choose_heads(scores: torch.Tensor, source_kv: int, target_heads: int, target_kv: int):
+    """GQA-aware: keep the best KV groups, then the same number of best query heads in each."""
+    per_group = scores.shape[0] // source_kv
+    grouped = scores.view(source_kv, per_group)
+    groups = top_k_sorted(grouped.sum(1), target_kv) if target_kv < source_kv else torch.arange(source_kv)
+    keep_per_group = target_heads // target_kv
+    heads, merges = [], []
+    for g in groups.tolist():
+        order = torch.argsort(grouped[g], descending=True)  # best first: order[0] is head_1 of the paper
+        kept = order[:keep_per_group].sort().values
+        heads.append(kept + g * per_group)
+        # Minitron's residual merge pairs head_i (1-based, i in [2K−L+1, K]) with pruned head_{2K−i+1}.
+        big_l, k = per_group, keep_per_group
+        for i in range(max(1, 2 * k - big_l + 1), k + 1):
+            merges.append((int(order[i - 1]) + g * per_group, int(order[2 * k - i]) + g * per_group))
+    return torch.cat(heads), groups, merges
+
+
+def _choose_layers(config: PruningConfig, scores, num_layers: int, target_layers: int) -> list[int]:
+    k = num_layers - target_layers
+    if k == 0:
+        return list(range(num_layers))
+    if config.layer_selection == "explicit":
+        drop = set(config.layers_to_drop)
+    elif config.layer_selection == "lm_loss":
+        start = int(torch.argmin(scores.block_lm_loss[k]))
+        drop = set(range(start, start + k))
+    else:
+        drop = set(torch.topk(scores.block_importance.float(), k, largest=False).indices.tolist())
+    return [i for i in range(num_layers) if i not in drop]
+
+
+def check_pruning_config(
+    model, config: PruningConfig, scores: ImportanceScores | None = None, need_scores: bool = False
+) -> tuple[dict, dict]:
+    """Every check that needs only the model (and scores, if given): call it before long work.
+
+    Returns the source and target sizes.
+    """
+    family = family_for(model)
+    _check_parameters(model, family)
+    if scores is not None:
+        scores.check_matches(model)
+    source, target = _targets(model, config)
+    problems = _validate(source, target, config, scores, need_scores)
+    if problems:
+        raise MinitronError(
+            "Cannot prune to these targets: " + "; ".join(problems),
+            fix="adjust the PruningConfig (the model is unchanged)",
+        )
+    return source, target
+
+
+def build_plan(model, config: PruningConfig, scores: ImportanceScores | None) -> PruningPlan:
+    """Validate everything against the model and decide what to keep. Touches no weight."""
+    source, target = check_pruning_config(model, config, scores, need_scores=True)
+    keep_layers = _choose_layers(config, scores, source["num_hidden_layers"], target["num_hidden_layers"])
+    plan = PruningPlan(keep_layers=keep_layers, targets={**target, "head_dim": config_head_dim(model.config)})
+    if target["hidden_size"] < source["hidden_size"]:
+        plan.hidden = top_k_sorted(scores.channels, target["hidden_size"])
+    if target["intermediate_size"] < source["intermediate_size"]:
+        plan.neurons = {i: top_k_sorted(scores.neurons[i], target["intermediate_size"]) for i in keep_layers}
+    if (target["num_attention_heads"], target["num_key_value_heads"]) != (
+        source["num_attention_heads"],
+        source["num_key_value_heads"],
+    ):
+        plan.heads, plan.kv_heads = {}, {}
+        for i in keep_layers:
+            heads, groups, merges = _choose_heads(
+                scores.heads[i],
+                source["num_key_value_heads"],
+                target["num_attention_heads"],
+                target["num_key_value_heads"],
+            )
+            plan.heads[i], plan.kv_heads[i] = heads, groups
+            if config.head_residual_merge:
+                plan.head_merges[i] = merges
+        if target["num_key_value_heads"] == source["num_key_value_heads"]:
+            plan.kv_heads = None
+    return plan

@@ -1,0 +1,62 @@
+"""prune_model: structured width and depth pruning, in place, to a plain transformers model."""
+
+from __future__ import annotations
+
+import torch
+
+from ..importance.scores import ImportanceScores
+from ..layers import keep_only_layers
+from ..shapes import model_shape
+from .config import PruningConfig
+from .plan import build_plan
+from .slicing import merge_pruned_heads, refresh_cached_sizes, slice_parameters
+
+RECORD_KEY = "minitron_pruning"  # in config.json: what was pruned, from what
+
+
+def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = None):
+    """Prune ``model`` in place to the shape ``config`` asks for, and return it.
+
+    Everything is validated first (the model is untouched when anything is wrong).
+    Then: optional head residual merge → drop layers → slice every tensor on a pruned
+    axis → rewrite the config (explicit head_dim, layer count, per-layer lists) and
+    record what was done under ``config.minitron_pruning``. The result is an ordinary
+    transformers model: ``save_pretrained`` + ``AutoModelForCausalLM.from_pretrained``
+    reproduce its logits exactly.
+    """
+    plan = build_plan(model, config, scores)
+    before = model_shape(model)
+    head_dim = plan.targets["head_dim"]
+    dropped = [i for i in range(before.num_hidden_layers) if i not in plan.keep_layers]
+    with torch.no_grad():
+        merge_pruned_heads(model, plan, head_dim)
+        keep_only_layers(model, plan.keep_layers)
+        slice_parameters(model, plan, head_dim)
+    refresh_cached_sizes(model, plan.targets)
+    cfg = model.config
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        setattr(cfg, key, plan.targets[key])
+    cfg.head_dim = head_dim  # hidden may shrink while heads keep their width: say so explicitly
+    after = model_shape(model)
+    previous = getattr(cfg, RECORD_KEY, None)
+    setattr(
+        cfg,
+        RECORD_KEY,
+        {
+            "source_model": getattr(cfg, "_name_or_path", "") or "",
+            "source_shape": before.to_dict(),
+            "pruned_shape": after.to_dict(),
+            "dropped_layers": dropped,
+            "layer_selection": config.layer_selection if dropped else None,
+            "head_residual_merge": bool(plan.head_merges),
+            "importance": {
+                k: scores.metadata.get(k)
+                for k in ("data", "batch_aggregation", "seq_aggregation", "num_samples", "seq_len")
+            }
+            if scores
+            else None,
+            # A chain (15B → 8B → 4B) keeps the earlier steps.
+            "previous": previous,
+        },
+    )
+    return model

@@ -1,0 +1,29 @@
+"""hf_minitron: the Minitron recipe (prune → distil) for Hugging Face causal language models."""
+
+from .data import CalibrationSet, build_calibration_set
+from .errors import MinitronError
+from .families import FAMILIES, family_for
+from .importance import ImportanceScores, estimate_importance
+from .loading import builtin_teacher, load_model, load_model_and_tokenizer, load_tokenizer
+from .pruning import PruningConfig, prune_model, save_pruned_model
+from .shapes import model_shape
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "CalibrationSet",
+    "ImportanceScores",
+    "MinitronError",
+    "PruningConfig",
+    "build_calibration_set",
+    "builtin_teacher",
+    "estimate_importance",
+    "family_for",
+    "load_model",
+    "load_model_and_tokenizer",
+    "load_tokenizer",
+    "model_shape",
+    "prune_model",
+    "save_pruned_model",
+]

@@ -1,0 +1,71 @@
+"""`hf-minitron prune`: prune a model to a target shape and save a folder plain transformers loads."""
+
+from __future__ import annotations
+
+from ..data import check_text_source
+from ..importance import ImportanceScores
+from ..loading import load_model_and_tokenizer
+from ..outputs import check_output_dir
+from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
+from ..shapes import comparison_table, model_shape
+from .common import add_data_args, add_model_args, add_output_args, require
+from .importance import add_importance_args, compute_scores
+
+_TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("prune", help="prune a model to a target width and/or depth")
+    add_model_args(parser)
+    targets = parser.add_argument_group("targets (a target left out keeps that dimension)")
+    for name in _TARGETS:
+        targets.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    targets.add_argument("--layer-selection", choices=LAYER_SELECTIONS, default="block_importance")
+    targets.add_argument("--layers-to-drop", type=int, nargs="+", default=None, help="0-based layers (explicit)")
+    targets.add_argument("--head-residual-merge", action="store_true", help="fold pruned heads into kept ones")
+    targets.add_argument("--pruning-config", default=None, help="a pruning_config.json instead of target flags")
+    parser.add_argument("--scores", default=None, help="folder of saved importance scores (skips estimation)")
+    add_data_args(parser)
+    add_importance_args(parser)
+    add_output_args(parser)
+    parser.set_defaults(run=run)
+
+
+def pruning_config_from_args(args) -> PruningConfig:
+    if args.pruning_config:
+        return PruningConfig.from_pretrained(args.pruning_config)
+    return PruningConfig(
+        **{name: getattr(args, name) for name in _TARGETS},
+        layer_selection=args.layer_selection if args.layers_to_drop is None else "explicit",
+        layers_to_drop=args.layers_to_drop,
+        head_residual_merge=args.head_residual_merge,
+    )
+
+
+def run(args) -> None:
+    require(args, "output")
+    config = pruning_config_from_args(args)
+    check_output_dir(args.output, args.overwrite)
+    scores = ImportanceScores.load(args.scores) if args.scores else None
+    if scores is None:
+        require(args, "data")
+        check_text_source(args.data)
+    model, tokenizer = load_model_and_tokenizer(
+        args.model, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code
+    )
+    source, target = check_pruning_config(model, config, scores)  # before any long computation
+    if scores is None:
+        block = source["num_hidden_layers"] - target["num_hidden_layers"]
+        if config.layer_selection == "lm_loss" and block and block not in args.block_sizes:
+            args.block_sizes = [*args.block_sizes, block]
+        scores = compute_scores(args, model, tokenizer)
+    before = model_shape(model)
+    prune_model(model, config, scores)
+    save_pruned_model(
+        model, args.output, tokenizer=tokenizer, pruning_config=config, scores=scores, overwrite=args.overwrite
+    )
+    print(comparison_table({"source": before, "pruned": model_shape(model)}))
+    dropped = model.config.minitron_pruning["dropped_layers"]
+    if dropped:
+        print(f"Dropped layers: {dropped}")
+    print(f"Saved to {args.output} (loads with AutoModelForCausalLM.from_pretrained)")

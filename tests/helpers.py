@@ -1,0 +1,77 @@
+"""Tiny random models of every supported family, built in code, and small helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+from hf_minitron import CalibrationSet
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FAMILY_CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+VOCAB = 96
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides):
+    """A 4-layer model: hidden 48, 6 query heads over 2 KV heads of head_dim 16, MLP 80."""
+    settings = dict(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=80,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_hidden_layers=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family](**settings), dtype=torch.float32)
+    # Random init gives near-identical weights everywhere; widen the spread so rankings mean something.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+            elif param.dim() == 2:
+                param.normal_(0, 0.2)
+            else:
+                param.normal_(0, 0.05)
+    return model.eval()
+
+
+def tiny_calibration(num_samples: int = 6, length: int = 24, padded: bool = False, seed: int = 1) -> CalibrationSet:
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(num_samples):
+        n = length - (i * 3) % (length // 2) if padded else length
+        samples.append(torch.randint(3, VOCAB, (n,), generator=generator))
+    return CalibrationSet(samples=samples, pad_token_id=0, description="random tokens")
+
+
+def logits(model, input_ids):
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits
+
+
+def char_tokenizer():
+    """A real fast tokenizer built offline: one token per printable ASCII character."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for code in range(32, 32 + VOCAB - 3):
+        vocab[chr(code)] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def save_tiny(path, family: str = "llama", **overrides):
+    """A tiny model and its tokenizer in a folder, as a user's checkpoint would be."""
+    model = tiny_model(family, **overrides)
+    model.save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path

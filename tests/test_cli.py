@@ -1,0 +1,206 @@
+"""The command line on tiny checkpoints on disk, and every bad input: clear message, nothing written."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import logits, save_tiny, tiny_calibration, tiny_model
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from hf_minitron import MinitronError, PruningConfig, estimate_importance, save_pruned_model
+from hf_minitron.cli import main
+
+TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness.\n\n"
+) * 20
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    save_tiny(tmp_path / "model")
+    (tmp_path / "text.txt").write_text(TEXT)
+    return tmp_path
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def test_importance_then_prune_from_saved_scores(workspace, capsys):
+    data = ["--data", workspace / "text.txt", "--num-samples", 8, "--seq-len", 32, "--batch-size", 4]
+    assert (
+        run(
+            "importance", "--model", workspace / "model", *data, "--block-sizes", 1, 2, "--output", workspace / "scores"
+        )
+        == 0
+    )
+    assert {p.name for p in (workspace / "scores").iterdir()} == {
+        "importance.safetensors",
+        "importance.json",
+        "importance.png",
+    }
+    assert "Best block of 2 layers" in capsys.readouterr().out
+    assert (
+        run(
+            "prune",
+            "--model",
+            workspace / "model",
+            "--scores",
+            workspace / "scores",
+            "--hidden-size",
+            36,
+            "--num-hidden-layers",
+            2,
+            "--layer-selection",
+            "lm_loss",
+            "--output",
+            workspace / "pruned",
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "params w/o embeddings" in out and "hidden size" in out and "Dropped layers" in out
+    model = AutoModelForCausalLM.from_pretrained(workspace / "pruned")
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (36, 2)
+    assert (workspace / "pruned" / "importance" / "importance.safetensors").is_file()
+    assert (workspace / "pruned" / "tokenizer.json").is_file()
+
+
+def test_prune_from_yaml_config_with_flag_override(workspace):
+    recipe = workspace / "prune.yaml"
+    recipe.write_text(
+        f"model: {workspace / 'model'}\ndata: {workspace / 'text.txt'}\nnum_samples: 4\n"
+        "seq_len: 32\nintermediate_size: 40\nnum_attention_heads: 3\nnum_key_value_heads: 1\n"
+    )
+    assert run("prune", "--config", recipe, "--intermediate-size", 64, "--output", workspace / "out") == 0
+    config = AutoModelForCausalLM.from_pretrained(workspace / "out").config
+    assert (config.intermediate_size, config.num_attention_heads, config.num_key_value_heads) == (64, 3, 1)
+    assert PruningConfig.from_pretrained(workspace / "out").intermediate_size == 64
+
+
+def test_console_script_is_installed(workspace):
+    script = Path(sys.executable).with_name("hf-minitron")
+    result = subprocess.run([str(script), "prune", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--hidden-size" in result.stdout
+
+
+BAD_INPUTS = [
+    (["--hidden-size", 1000], "larger than the model's 48"),
+    (["--hidden-size", 40], "not a multiple of num_attention_heads=6 .*try 36"),
+    (["--num-attention-heads", 5], "not a multiple of num_key_value_heads=2"),
+    (["--num-attention-heads", 4, "--num-key-value-heads", 1], "4 per group, more than the model's 3"),
+    (["--layers-to-drop", 0, 9], r"outside 0\.\.3"),
+    (["--hidden-size", 36, "--seq-len", 5000], "too short"),
+    (["--hidden-size", 36, "--data", "EMPTY"], "holds no text"),
+    (["--hidden-size", 36, "--data", "nowhere/text.txt"], "does not exist"),
+    (["--hidden-size", 36, "--scores", "nowhere"], "No importance scores"),
+    (["--model", "./nowhere/model", "--hidden-size", 36], "Model folder './nowhere/model' does not exist"),
+    (["--model", "GPT2", "--hidden-size", 36], "'gpt2' is not supported"),
+    (["--config", "BADKEY"], "Unknown key"),
+    (["--config", "BADCHOICE"], "the choices are mean, l2, var"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS)
+def test_bad_input_is_a_clear_error_and_writes_nothing(workspace, capsys, extra, message):
+    (workspace / "empty.txt").write_text("\n\n  \n")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(workspace / "gpt2")
+    (workspace / "badkey.yaml").write_text("hidden_size: 36\nhiden_size: 24\n")
+    (workspace / "badchoice.yaml").write_text("hidden_size: 36\nbatch_agg: median\n")
+    substitutions = {
+        "EMPTY": workspace / "empty.txt",
+        "GPT2": workspace / "gpt2",
+        "BADKEY": workspace / "badkey.yaml",
+        "BADCHOICE": workspace / "badchoice.yaml",
+    }
+    extra = [substitutions.get(a, a) for a in extra]
+    args = [
+        "prune",
+        "--model",
+        workspace / "model",
+        "--data",
+        workspace / "text.txt",
+        "--num-samples",
+        4,
+        "--seq-len",
+        32,
+        *extra,
+        "--output",
+        workspace / "out",
+    ]
+    before = sorted(p.name for p in workspace.iterdir())
+    capsys.readouterr()
+    assert run(*args) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert sorted(p.name for p in workspace.iterdir()) == before  # no output, no partial folder
+
+
+def test_existing_output_is_kept_unless_overwrite(workspace, capsys):
+    (workspace / "out").mkdir()
+    (workspace / "out" / "keep.txt").write_text("mine")
+    args = [
+        "prune",
+        "--model",
+        workspace / "model",
+        "--data",
+        workspace / "text.txt",
+        "--num-samples",
+        4,
+        "--seq-len",
+        32,
+        "--hidden-size",
+        36,
+        "--output",
+        workspace / "out",
+    ]
+    assert run(*args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (workspace / "out" / "keep.txt").read_text() == "mine"
+    assert run(*args, "--overwrite") == 0
+    assert not (workspace / "out" / "keep.txt").exists() and (workspace / "out" / "config.json").is_file()
+
+
+def test_unknown_aggregation_in_the_api():
+    with pytest.raises(MinitronError, match=r"Unknown batch aggregation 'median'.*mean, l2, var"):
+        estimate_importance(tiny_model(), calibration_data=tiny_calibration(), batch_aggregation="median")
+
+
+def test_impossible_targets_leave_the_model_untouched(input_ids):
+    model = tiny_model()
+    before = logits(model, input_ids)
+    scores = estimate_importance(model, calibration_data=tiny_calibration(), progress=False)
+    with pytest.raises(MinitronError, match="larger than"):
+        from hf_minitron import prune_model
+
+        prune_model(model, PruningConfig(hidden_size=36, intermediate_size=500), scores)
+    assert torch.equal(logits(model, input_ids), before)
+
+
+def test_failed_save_leaves_no_folder(tmp_path, monkeypatch):
+    model = tiny_model()
+
+    def fail_midway(self, directory, *args, **kwargs):
+        (Path(directory) / "model.safetensors").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(model), "save_pretrained", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned_model(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes" / "prune").glob("*.yaml")))
+def test_shipped_prune_recipes_parse(recipe):
+    from hf_minitron.cli import build_parser
+    from hf_minitron.cli.common import parse_with_config
+    from hf_minitron.cli.prune import pruning_config_from_args
+
+    prune_parser = build_parser()._subparsers._group_actions[0].choices["prune"]
+    args = parse_with_config(prune_parser, ["--config", str(recipe), "--output", "unused"])
+    config = pruning_config_from_args(args)
+    assert config.hidden_size or config.num_hidden_layers

@@ -1,0 +1,130 @@
+"""Calibration sources, PruningConfig round trips, and the family table."""
+
+import json
+
+import datasets
+import pytest
+import torch
+from helpers import FAMILY_CONFIGS, SHARED_DATA, tiny_model
+from transformers import GPT2Config
+
+from hf_minitron import MinitronError, PruningConfig, build_calibration_set, family_for
+from hf_minitron.data import iter_texts
+from hf_minitron.families import FAMILIES
+from hf_minitron.pruning.plan import compile_plan, match_parameter
+
+
+class CharTokenizer:
+    """A tokenizer with the calls calibration uses: one id per character."""
+
+    eos_token_id = 1
+    pad_token_id = 0
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [2 + (ord(c) % 90) for c in text]}
+
+
+TEXTS = ["alpha beta gamma " * 4, "delta epsilon " * 5, "", "zeta eta theta " * 3]
+
+
+def test_every_source_gives_the_same_texts(tmp_path):
+    (tmp_path / "a.txt").write_text("\n\n".join(TEXTS))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
+    datasets.Dataset.from_dict({"text": TEXTS}).to_parquet(str(tmp_path / "a.parquet"))
+    expected = [t for t in TEXTS]
+    assert list(iter_texts(TEXTS)) == expected
+    assert list(iter_texts(str(tmp_path / "a.txt"))) == expected
+    assert list(iter_texts(str(tmp_path / "a.jsonl"))) == expected
+    assert list(iter_texts(str(tmp_path / "a.parquet"))) == expected
+    assert list(iter_texts(datasets.Dataset.from_dict({"body": TEXTS}), text_column="body")) == expected
+    assert list(iter_texts(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": TEXTS})}))) == expected
+
+
+def test_packed_and_padded_calibration():
+    tokenizer = CharTokenizer()
+    packed = build_calibration_set(TEXTS, tokenizer, num_samples=100, seq_len=16)
+    assert all(len(s) == 16 for s in packed.samples)
+    total = sum(len(t) + 1 for t in TEXTS if t)
+    assert len(packed) == total // 16
+    padded = build_calibration_set(TEXTS, tokenizer, num_samples=100, seq_len=40, packing=False)
+    assert [len(s) for s in padded.samples] == [40, 40, 40]
+    batch = next(build_calibration_set(["ab", "abcd"], tokenizer, seq_len=8, packing=False).batches(2))
+    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert batch["input_ids"][0, 2:].tolist() == [0, 0]
+
+
+def test_builtin_text_is_split_into_disjoint_parts():
+    train = list(iter_texts("builtin:python-docs"))
+    heldout = list(iter_texts("builtin:python-docs-heldout"))
+    assert len(train) > 3 * len(heldout) > 0
+    assert not set(train) & set(heldout)
+
+
+def test_shared_corpus_reads_as_text():
+    corpus = SHARED_DATA / "corpus" / "tinyshakespeare.txt"
+    calibration = build_calibration_set(str(corpus), CharTokenizer(), num_samples=4, seq_len=64)
+    assert len(calibration) == 4 and calibration.num_tokens == 256
+
+
+@pytest.mark.parametrize(
+    "source, kwargs, message",
+    [
+        ([], {}, "holds no text"),
+        (["   ", ""], {}, "holds no text"),
+        (["short"], dict(seq_len=64), "too short"),
+        ("missing/file.txt", {}, "does not exist"),
+        ([{"x": 1}], {}, "only strings"),
+        (datasets.Dataset.from_dict({"n": [1, 2]}), {}, "Could not find a text column"),
+        (datasets.Dataset.from_dict({"text": ["a"]}), dict(text_column="body"), "'body' is not in the data"),
+    ],
+)
+def test_bad_calibration_data(source, kwargs, message):
+    with pytest.raises(MinitronError, match=message):
+        build_calibration_set(source, CharTokenizer(), **kwargs)
+
+
+def test_pruning_config_round_trip(tmp_path):
+    config = PruningConfig(hidden_size=3072, intermediate_size=9216, num_hidden_layers=16, layer_selection="lm_loss")
+    path = config.save_pretrained(tmp_path)
+    assert path.name == "pruning_config.json"
+    assert PruningConfig.from_pretrained(tmp_path) == config
+    assert PruningConfig(layers_to_drop=[5, 3]).layer_selection == "explicit"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(hidden_size=0), "positive integer"),
+        (dict(hidden_size=3.5), "positive integer"),
+        (dict(layer_selection="random"), "Unknown layer_selection"),
+        (dict(layer_selection="explicit"), "needs layers_to_drop"),
+    ],
+)
+def test_pruning_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(MinitronError, match=message):
+        PruningConfig(**kwargs)
+
+
+def test_pruning_config_rejects_unknown_keys(tmp_path):
+    (tmp_path / "pruning_config.json").write_text(json.dumps({"hidden": 10}))
+    with pytest.raises(MinitronError, match="Unknown pruning setting"):
+        PruningConfig.from_pretrained(tmp_path)
+
+
+def test_unsupported_family_names_the_supported_ones():
+    with pytest.raises(MinitronError, match=r"'gpt2' is not supported.*Llama.*Mistral.*Qwen2.*Qwen3"):
+        family_for(GPT2Config())
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CONFIGS))
+def test_family_plans_cover_every_parameter(family):
+    model = tiny_model(
+        family, tie_word_embeddings=False, **({"attention_bias": True, "mlp_bias": True} if family == "llama" else {})
+    )
+    plan = compile_plan(family_for(model))
+    for name, param in model.named_parameters():
+        axes, _ = match_parameter(plan, name)
+        assert len(axes) == param.dim(), name
+    assert {f.name for f in FAMILIES} == {"Llama", "Mistral", "Qwen2", "Qwen3"}
+    assert torch.is_tensor(next(model.parameters()))

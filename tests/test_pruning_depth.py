@@ -1,0 +1,75 @@
+"""Depth pruning: the right layers go, the config follows, the KV cache still works."""
+
+import pytest
+import torch
+from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
+from transformers import AutoModelForCausalLM
+
+from hf_minitron import PruningConfig, estimate_importance, prune_model, save_pruned_model
+from hf_minitron.layers import skipped_layers
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CONFIGS))
+def test_explicit_drop_equals_skipping_and_reloads(family, tmp_path, input_ids):
+    model = tiny_model(family)
+    with skipped_layers(model, [1, 2]):
+        reference = logits(model, input_ids)
+    assert model.config.num_hidden_layers == 4 and len(model.model.layers) == 4  # restored
+    prune_model(model, PruningConfig(layers_to_drop=[1, 2]))
+    assert model.config.num_hidden_layers == 2
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]
+    torch.testing.assert_close(logits(model, input_ids), reference, rtol=0, atol=0)
+    save_pruned_model(model, tmp_path / "d")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "d").eval()
+    assert reloaded.config.num_hidden_layers == 2
+    assert reloaded.config.minitron_pruning["dropped_layers"] == [1, 2]
+    assert torch.equal(logits(reloaded, input_ids), reference)
+    # Generation with a KV cache addresses layers by layer_idx: cached and uncached must agree.
+    cached = reloaded.generate(input_ids[:1, :5], max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    uncached = reloaded.generate(
+        input_ids[:1, :5], max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=False
+    )
+    assert torch.equal(cached, uncached)
+
+
+def test_per_layer_config_lists_follow_the_layers(tmp_path):
+    layer_types = ["full_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    model = tiny_model("qwen2", use_sliding_window=True, sliding_window=8, layer_types=layer_types)
+    prune_model(model, PruningConfig(layers_to_drop=[0]))
+    assert model.config.layer_types == layer_types[1:]
+    save_pruned_model(model, tmp_path / "q")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    assert reloaded.config.layer_types == layer_types[1:]
+
+
+def test_block_importance_drops_the_least_important_layers():
+    model = tiny_model("llama", num_hidden_layers=6)
+    scores = estimate_importance(model, calibration_data=tiny_calibration(), batch_size=4, progress=False)
+    prune_model(model, PruningConfig(num_hidden_layers=4, layer_selection="block_importance"), scores)
+    expected = sorted(torch.argsort(scores.block_importance)[:2].tolist())
+    assert model.config.minitron_pruning["dropped_layers"] == expected
+
+
+def test_lm_loss_selection_drops_the_best_contiguous_block():
+    model = tiny_model("llama", num_hidden_layers=6)
+    scores = estimate_importance(
+        model, calibration_data=tiny_calibration(), batch_size=4, progress=False, block_lm_loss_sizes=[3]
+    )
+    assert scores.block_lm_loss[3].shape == (4,)
+    start = int(scores.block_lm_loss[3].argmin())
+    prune_model(model, PruningConfig(num_hidden_layers=3, layer_selection="lm_loss"), scores)
+    assert model.config.minitron_pruning["dropped_layers"] == [start, start + 1, start + 2]
+
+
+def test_depth_and_width_together(tmp_path, input_ids):
+    model = tiny_model("qwen3", num_hidden_layers=5)
+    scores = estimate_importance(model, calibration_data=tiny_calibration(), batch_size=4, progress=False)
+    prune_model(
+        model, PruningConfig(num_hidden_layers=3, hidden_size=36, intermediate_size=40, num_attention_heads=4), scores
+    )
+    expected = logits(model, input_ids)
+    save_pruned_model(model, tmp_path / "wd")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "wd").eval()
+    assert torch.equal(logits(reloaded, input_ids), expected)
+    assert reloaded.model.layers[2].mlp.up_proj.weight.shape == (40, 36)
+    assert reloaded.model.layers[2].self_attn.q_proj.weight.shape == (64, 36)

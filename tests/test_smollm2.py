@@ -1,0 +1,67 @@
+"""The real built-in teacher: GGUF loading, width and depth students that reload and generate."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_minitron import PruningConfig, estimate_importance, model_shape, prune_model, save_pruned_model
+from hf_minitron.evaluation import perplexity
+from hf_minitron.loading import BUILTIN_MODELS, resolve_model_location
+
+pytestmark = pytest.mark.slow
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def teacher_scores(smollm2):
+    model, tokenizer = smollm2
+    return estimate_importance(
+        model, tokenizer, "builtin:python-docs", num_samples=8, seq_len=128, batch_size=4, progress=False
+    )
+
+
+def test_builtin_teacher_loads_dequantized_and_saveable(smollm2):
+    model, _ = smollm2
+    shape = model_shape(model)
+    assert (shape.num_hidden_layers, shape.hidden_size, shape.intermediate_size) == (30, 576, 1536)
+    assert (shape.num_attention_heads, shape.num_key_value_heads, shape.head_dim) == (9, 3, 64)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert not model.is_quantized and not hasattr(model.config, "quantization_config")
+    assert model.config._name_or_path == BUILTIN_MODELS["smollm2-135m"]["hub_id"]
+    folder, gguf = resolve_model_location("builtin:smollm2-135m")
+    assert resolve_model_location(str(Path(folder) / gguf)) == (folder, gguf)
+    assert resolve_model_location(folder) == (folder, gguf)  # a folder holding one .gguf
+
+
+@pytest.mark.parametrize(
+    "name, target, non_embedding_share",
+    [
+        ("width", PruningConfig(hidden_size=432, intermediate_size=768), (0.45, 0.49)),
+        ("depth", PruningConfig(num_hidden_layers=15), (0.49, 0.51)),
+    ],
+)
+def test_students_reload_and_generate(
+    smollm2, teacher_scores, tmp_path, record_measurement, name, target, non_embedding_share
+):
+    teacher, tokenizer = smollm2
+    student = prune_model(copy.deepcopy(teacher), target, teacher_scores)
+    share = model_shape(student).non_embedding_params / model_shape(teacher).non_embedding_params
+    assert non_embedding_share[0] <= share <= non_embedding_share[1]
+    save_pruned_model(student, tmp_path / name, tokenizer=tokenizer, pruning_config=target, scores=teacher_scores)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, student(ids).logits)
+    generated = reloaded.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    text = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
+    assert generated.shape[1] == ids.shape[1] + 8 and text.strip()
+    calibration = dict(seq_len=128, max_tokens=1024, progress=False)
+    student_ppl = perplexity(reloaded, tokenizer, "builtin:python-docs", **calibration).perplexity
+    teacher_ppl = perplexity(teacher, tokenizer, "builtin:python-docs", **calibration).perplexity
+    record_measurement(
+        f"SmolLM2 {name} student ({share:.0%} of non-embedding params, not distilled): calibration perplexity "
+        f"{student_ppl:.1f} vs teacher {teacher_ppl:.1f}; continues {PROMPT!r} with {text!r}"
+    )

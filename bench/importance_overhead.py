@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved
-
 from hf_minitron import build_calibration_set, estimate_importance, load_model_and_tokenizer
 from hf_minitron.families import family_for, get_module
+
+from common import interleaved
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import gib, peak_rss_bytes, reset_peak_rss, rss_bytes
-
 from hf_minitron import ImportanceScores, PruningConfig, model_shape, prune_model
+
+from common import gib, peak_rss_bytes, reset_peak_rss, rss_bytes
 
 LLAMA_3_2_1B = dict(
     vocab_size=128256,

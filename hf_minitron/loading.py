@@ -91,7 +91,7 @@ def mark_dequantized(model: torch.nn.Module) -> None:
 
 def describe_source(name_or_path: str) -> str:
     """A name for the source model that is safe to publish (no local paths)."""
-    if name_or_path.startswith(BUILTIN_PREFIX):
+    if name_or_path.startswith(BUILTIN_PREFIX) and name_or_path[len(BUILTIN_PREFIX) :] in BUILTIN_MODELS:
         return BUILTIN_MODELS[name_or_path[len(BUILTIN_PREFIX) :]]["hub_id"]
     if Path(name_or_path).exists():
         return Path(name_or_path).name

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import logits, save_tiny, tiny_calibration, tiny_model
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from hf_minitron import MinitronError, PruningConfig, estimate_importance, save_pruned_model
 from hf_minitron.cli import main
+
+from helpers import logits, save_tiny, tiny_calibration, tiny_model
 
 TEXT = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness.\n\n"
@@ -67,6 +68,10 @@ def test_importance_then_prune_from_saved_scores(workspace, capsys):
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (36, 2)
     assert (workspace / "pruned" / "importance" / "importance.safetensors").is_file()
     assert (workspace / "pruned" / "tokenizer.json").is_file()
+    # Provenance names the source by its folder name only: no local path leaks into what gets published.
+    assert model.config.minitron_pruning["source_model"] == "model"
+    for written in ("config.json", "importance/importance.json", "pruning_config.json"):
+        assert str(workspace) not in (workspace / "pruned" / written).read_text()
 
 
 def test_prune_from_yaml_config_with_flag_override(workspace):
@@ -200,7 +205,6 @@ def test_shipped_prune_recipes_parse(recipe):
     from hf_minitron.cli.common import parse_with_config
     from hf_minitron.cli.prune import pruning_config_from_args
 
-    prune_parser = build_parser()._subparsers._group_actions[0].choices["prune"]
-    args = parse_with_config(prune_parser, ["--config", str(recipe), "--output", "unused"])
+    args = parse_with_config(build_parser()[1]["prune"], ["--config", str(recipe), "--output", "unused"])
     config = pruning_config_from_args(args)
     assert config.hidden_size or config.num_hidden_layers

@@ -5,13 +5,14 @@ import json
 import datasets
 import pytest
 import torch
-from helpers import FAMILY_CONFIGS, SHARED_DATA, tiny_model
 from transformers import GPT2Config
 
 from hf_minitron import MinitronError, PruningConfig, build_calibration_set, family_for
 from hf_minitron.data import iter_texts
 from hf_minitron.families import FAMILIES
 from hf_minitron.pruning.plan import compile_plan, match_parameter
+
+from helpers import FAMILY_CONFIGS, SHARED_DATA, tiny_model
 
 
 class CharTokenizer:

@@ -4,10 +4,12 @@ import itertools
 
 import pytest
 import torch
-from helpers import tiny_calibration, tiny_model
+from transformers import AutoModelForCausalLM
 
-from hf_minitron import ImportanceScores, MinitronError, estimate_importance
+from hf_minitron import ImportanceScores, MinitronError, PruningConfig, estimate_importance, prune_model
 from hf_minitron.importance.aggregation import AGGREGATIONS, SampleAccumulator, reduce_sequence
+
+from helpers import tiny_calibration, tiny_model
 
 
 def reference_reduce(values, lengths, seq, batch):
@@ -142,3 +144,22 @@ def test_works_in_bfloat16():
     top_bf16 = set(scores.neurons[0].topk(20).indices.tolist())
     top_fp32 = set(reference.neurons[0].topk(20).indices.tolist())
     assert len(top_bf16 & top_fp32) >= 15
+
+
+def test_dispatched_model_with_offloaded_layers_gives_the_same_scores(tmp_path):
+    """accelerate's dispatch hooks (device_map, here with layers offloaded to disk) coexist with ours."""
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    calibration = tiny_calibration(padded=True)
+    reference = estimate_importance(model, calibration_data=calibration, batch_size=3, progress=False)
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": "disk" if i % 2 else "cpu" for i in range(4)})
+    dispatched = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "m", device_map=device_map, offload_folder=str(tmp_path / "offload")
+    ).eval()
+    assert dispatched.model.layers[1].mlp.up_proj.weight.device.type == "meta"
+    scores = estimate_importance(dispatched, calibration_data=calibration, batch_size=3, progress=False)
+    for name in ("heads", "neurons", "channels_per_layer", "block_importance"):
+        torch.testing.assert_close(getattr(scores, name), getattr(reference, name), rtol=1e-5, atol=1e-5)
+    with pytest.raises(MinitronError, match="offloaded"):
+        prune_model(dispatched, PruningConfig(intermediate_size=40), scores)

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
 from transformers import AutoModelForCausalLM
 
 from hf_minitron import PruningConfig, estimate_importance, prune_model, save_pruned_model
 from hf_minitron.layers import skipped_layers
+
+from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
 
 
 @pytest.mark.parametrize("family", list(FAMILY_CONFIGS))

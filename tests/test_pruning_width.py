@@ -5,10 +5,11 @@ import copy
 
 import pytest
 import torch
-from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
 from transformers import AutoModelForCausalLM
 
 from hf_minitron import PruningConfig, estimate_importance, model_shape, prune_model, save_pruned_model
+
+from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
 
 FAMILIES = list(FAMILY_CONFIGS)
 AXES = {

@@ -7,27 +7,27 @@ import sys
 
 from ..errors import MinitronError
 from . import demo, importance, prune
+from .common import parse_with_config
+
+COMMANDS = {"demo": demo, "importance": importance, "prune": prune}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's own parser (which also reads --config files)."""
     parser = argparse.ArgumentParser(prog="hf-minitron", description="Prune and distil Hugging Face causal LMs.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (demo, importance, prune):
-        command.register(subparsers)
-    return parser
+    commands = {name: module.register(subparsers) for name, module in COMMANDS.items()}
+    return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .common import parse_with_config
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser, commands = build_parser()
     try:
-        if argv and argv[0] in parser._subparsers._group_actions[0].choices:
-            sub = parser._subparsers._group_actions[0].choices[argv[0]]
-            args = parse_with_config(sub, argv[1:])
+        if argv and argv[0] in commands:
+            args = parse_with_config(commands[argv[0]], argv[1:])
         else:
-            args = parser.parse_args(argv)
+            args = parser.parse_args(argv)  # --help, or an unknown command: argparse explains
         args.run(args)
     except MinitronError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..demo import DemoSettings, run_demo
 
 
-def register(subparsers) -> None:
+def register(subparsers):
     defaults = DemoSettings()
     parser = subparsers.add_parser("demo", help="prune the built-in teacher to width and depth students, offline")
     parser.add_argument("--output", "-o", default=defaults.output_dir)
@@ -16,6 +16,7 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--config", default=None, help="YAML file whose keys set any of these options")
     parser.set_defaults(run=run)
+    return parser
 
 
 def run(args) -> None:

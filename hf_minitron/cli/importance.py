@@ -23,13 +23,14 @@ def add_importance_args(parser) -> None:
     )
 
 
-def register(subparsers) -> None:
+def register(subparsers):
     parser = subparsers.add_parser("importance", help="estimate importance scores from calibration data")
     add_model_args(parser)
     add_data_args(parser)
     add_importance_args(parser)
     add_output_args(parser)
     parser.set_defaults(run=run)
+    return parser
 
 
 def compute_scores(args, model, tokenizer):

@@ -14,7 +14,7 @@ from .importance import add_importance_args, compute_scores
 _TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
 
 
-def register(subparsers) -> None:
+def register(subparsers):
     parser = subparsers.add_parser("prune", help="prune a model to a target width and/or depth")
     add_model_args(parser)
     targets = parser.add_argument_group("targets (a target left out keeps that dimension)")
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     add_importance_args(parser)
     add_output_args(parser)
     parser.set_defaults(run=run)
+    return parser
 
 
 def pruning_config_from_args(args) -> PruningConfig:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data import iter_texts
+from ..errors import MinitronError
 from ..families import family_for, get_module
 
 
@@ -95,9 +97,6 @@ def perplexity(
     windows). With a smaller stride each token is scored once, with up to
     ``seq_len - stride`` tokens of context before it.
     """
-    from ..data import iter_texts
-    from ..errors import MinitronError
-
     stride = stride or seq_len
     if not 0 < stride <= seq_len:
         raise MinitronError(f"stride ({stride}) must be between 1 and seq_len ({seq_len})")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ from ..errors import MinitronError
 from ..evaluation.perplexity import input_device, mean_lm_loss
 from ..families import family_for, get_module
 from ..layers import decoder_layers, skipped_layers
+from ..loading import describe_source
 from ..shapes import config_head_dim
 from .aggregation import SampleAccumulator, check_aggregation, reduce_sequence
 from .scores import ImportanceScores
@@ -119,11 +119,6 @@ def measure_block_lm_loss(
     return base_loss, {k: torch.tensor(v) for k, v in losses.items()}
 
 
-def _model_name(model) -> str:
-    name = getattr(model.config, "_name_or_path", "") or ""
-    return Path(name).name if Path(name).exists() else name  # never publish a local path
-
-
 @torch.no_grad()
 def estimate_importance(
     model,
@@ -205,7 +200,7 @@ def estimate_importance(
         block_lm_loss=block_losses,
         base_lm_loss=base_loss,
         metadata={
-            "model": _model_name(model),
+            "model": describe_source(getattr(model.config, "_name_or_path", "") or ""),
             "data": calibration_data.description,
             "batch_aggregation": batch_aggregation,
             "seq_aggregation": seq_aggregation,

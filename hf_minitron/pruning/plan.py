@@ -53,6 +53,14 @@ def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _check_parameters(model, family: ModelFamily) -> None:
+    offloaded = [name for name, param in model.named_parameters() if param.device.type == "meta"]
+    if offloaded:
+        raise MinitronError(
+            f"{len(offloaded)} weights are offloaded (on the meta device), e.g. {offloaded[0]}",
+            "pruning slices real tensors; offloaded weights live on disk behind accelerate's hooks",
+            "load the model without disk offload for pruning (CPU memory is enough: pruning needs about "
+            "the model plus one tensor); importance estimation itself works with offloading",
+        )
     plan = compile_plan(family)
     unknown = [name for name, _ in model.named_parameters() if match_parameter(plan, name) is None]
     if unknown:

@@ -6,6 +6,7 @@ import torch
 
 from ..importance.scores import ImportanceScores
 from ..layers import keep_only_layers
+from ..loading import describe_source
 from ..shapes import model_shape
 from .config import PruningConfig
 from .plan import build_plan
@@ -43,7 +44,7 @@ def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = 
         cfg,
         RECORD_KEY,
         {
-            "source_model": getattr(cfg, "_name_or_path", "") or "",
+            "source_model": describe_source(getattr(cfg, "_name_or_path", "") or ""),
             "source_shape": before.to_dict(),
             "pruned_shape": after.to_dict(),
             "dropped_layers": dropped,

@@ -245,3 +245,41 @@ def build_calibration_set(
     if len(samples) < num_samples:
         logger.warning("Calibration data gave %d samples of the %d asked for.", len(samples), num_samples)
     return CalibrationSet(samples=samples, pad_token_id=pad, description=description)
+
+
+def load_training_dataset(
+    source, dataset_config: str | None = None, split: str = "train", max_samples: int | None = None
+):
+    """A ``datasets.Dataset`` for a trainer: Hub id, local .jsonl/.json/.parquet (all columns kept, so chat
+    ``messages`` and ``prompt``/``completion`` data work), a .txt file or folder, or built-in text."""
+    import datasets
+
+    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
+        dataset = source
+    elif isinstance(source, str) and source in BUILTIN_TEXTS:
+        dataset = datasets.Dataset.from_dict({"text": list(iter_texts(source))})
+    elif isinstance(source, (str, Path)) and Path(source).exists():
+        path = Path(source)
+        if path.is_dir() or path.suffix in (".txt", ".md"):
+            texts = [t for t in iter_texts(str(path)) if t.strip()]
+            dataset = datasets.Dataset.from_dict({"text": texts})
+        elif path.suffix in (".jsonl", ".json", ".parquet"):
+            builder = "parquet" if path.suffix == ".parquet" else "json"
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        else:
+            raise MinitronError(f"Cannot read '{path}' as a dataset", f"supported: {', '.join(TEXT_SUFFIXES)}")
+    else:
+        check_text_source(source)
+        try:
+            dataset = datasets.load_dataset(str(source), dataset_config, split=split)
+        except Exception as error:  # not found, no network, bad split: all mean the same to the user
+            raise MinitronError(
+                f"Could not load the dataset '{source}' (split '{split}')",
+                f"{type(error).__name__}: {error}",
+                "check the name, split and network, or pass a local .jsonl/.parquet/.txt file",
+            ) from error
+    if len(dataset) == 0:
+        raise MinitronError(f"The dataset '{describe_text_source(source)}' is empty", fix="point at data with rows")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return dataset

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import MinitronError
-from . import demo, importance, prune
+from . import demo, importance, prune, training
 from .common import parse_with_config
 
 COMMANDS = {"demo": demo, "importance": importance, "prune": prune}
@@ -17,6 +17,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = argparse.ArgumentParser(prog="hf-minitron", description="Prune and distil Hugging Face causal LMs.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     commands = {name: module.register(subparsers) for name, module in COMMANDS.items()}
+    training.register(subparsers)  # parsed by TrlParser in main(), listed here for --help
     return parser, commands
 
 
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, commands = build_parser()
     try:
+        if argv and argv[0] in training.RAW_COMMANDS:
+            training.RAW_COMMANDS[argv[0]](argv[1:])
+            return 0
         if argv and argv[0] in commands:
             args = parse_with_config(commands[argv[0]], argv[1:])
         else:

@@ -50,6 +50,8 @@ def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = 
             "dropped_layers": dropped,
             "layer_selection": config.layer_selection if dropped else None,
             "head_residual_merge": bool(plan.head_merges),
+            # Which teacher channel each student channel is: lets distillation start its projection exactly.
+            "kept_hidden_channels": plan.hidden.tolist() if plan.hidden is not None else None,
             "importance": {
                 k: scores.metadata.get(k)
                 for k in ("data", "batch_aggregation", "seq_aggregation", "num_samples", "seq_len")

@@ -1,0 +1,105 @@
+"""DistillationConfig: TRL's SFTConfig plus what knowledge distillation needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import SFTConfig
+
+from ..errors import MinitronError
+from .losses import DIVERGENCES, INTERMEDIATE_LOSSES
+
+
+@dataclass
+class DistillationConfig(SFTConfig):
+    r"""Configuration for [`DistillationTrainer`]: every `SFTConfig` / `TrainingArguments` option, plus:
+
+    > Teacher
+
+    teacher_model_name_or_path (`str`, *optional*): teacher to load when the trainer gets no `teacher_model`
+        (Hub id, folder, `.gguf` file or `builtin:NAME`).
+    teacher_model_init_kwargs (`dict` or `str`, *optional*): keyword arguments for loading the teacher, e.g.
+        `{"dtype": "bfloat16"}`; the teacher is frozen and kept in eval mode either way.
+
+    > Logit loss
+
+    temperature (`float`, defaults to `1.0`): both models' logits are divided by it (Minitron: 1.0 was best).
+    divergence (`str`, defaults to `"forward_kl"`): `forward_kl` = KL(teacher ‖ student), `reverse_kl`, or `jsd`
+        (generalised Jensen-Shannon with `jsd_beta`).
+    jsd_beta (`float`, defaults to `0.5`): mixture weight of the teacher in `jsd`, strictly between 0 and 1.
+    kl_weight (`float`, defaults to `1.0`): weight of the logit (divergence) loss.
+    ce_weight (`float`, defaults to `0.0`): weight of the student's LM cross-entropy; Minitron found the
+        distillation loss alone best.
+    logit_chunk_size (`int`, defaults to `1024`): tokens per chunk of the logit loss; peak memory is about one
+        chunk × vocab of fp32 logits.
+    log_student_ce (`bool`, defaults to `True`): log the student's cross-entropy even when its weight is 0.
+
+    > Intermediate-state loss (for heavily depth-pruned students)
+
+    intermediate_layer_pairs (`list[str]`, *optional*): `"teacher:student"` layer pairs (0-based), or `["auto"]`
+        to pair each student layer with the teacher layer at the same relative depth. Off when unset.
+    intermediate_loss (`str`, defaults to `"cosine"`): `cosine` (1 − cos) or `mse`, on hidden states after each
+        model's final norm; a learned linear projection maps the student up to the teacher's width when they differ.
+    embedding_loss (`bool`, defaults to `False`): also compare the embedding outputs.
+    intermediate_alpha (`str`, defaults to `"dynamic"`): `dynamic` sets α = L_logits / L_intermediate (measured over
+        the previous optimizer step, a detached scale), or a number for a fixed α. Total: L_logits + α·L_is.
+    """
+
+    teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Teacher to load."})
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for loading the teacher, e.g. {'dtype': 'bfloat16'}."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Logit temperature for the divergence."})
+    divergence: str = field(default="forward_kl", metadata={"help": "forward_kl, reverse_kl or jsd."})
+    jsd_beta: float = field(default=0.5, metadata={"help": "Teacher weight of the JSD mixture, in (0, 1)."})
+    kl_weight: float = field(default=1.0, metadata={"help": "Weight of the logit distillation loss."})
+    ce_weight: float = field(default=0.0, metadata={"help": "Weight of the student's cross-entropy loss."})
+    logit_chunk_size: int = field(default=1024, metadata={"help": "Tokens per chunk of the logit loss."})
+    log_student_ce: bool = field(default=True, metadata={"help": "Log the student's cross-entropy."})
+    intermediate_layer_pairs: list[str] | None = field(
+        default=None, metadata={"help": "teacher:student layer pairs, or 'auto'."}
+    )
+    intermediate_loss: str = field(default="cosine", metadata={"help": "cosine or mse."})
+    embedding_loss: bool = field(default=False, metadata={"help": "Also match the embedding outputs."})
+    intermediate_alpha: str = field(default="dynamic", metadata={"help": "'dynamic' or a fixed number."})
+
+    def __post_init__(self):
+        # bf16 only where a GPU can run it; TRL would otherwise switch it on everywhere.
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+        problems = []
+        if self.divergence not in DIVERGENCES:
+            problems.append(f"divergence '{self.divergence}' is not one of {', '.join(DIVERGENCES)}")
+        if self.divergence == "jsd" and not 0 < self.jsd_beta < 1:
+            problems.append(f"jsd_beta={self.jsd_beta} must be strictly between 0 and 1 (use forward_kl / reverse_kl)")
+        if self.temperature <= 0:
+            problems.append(f"temperature={self.temperature} must be positive")
+        if self.kl_weight < 0 or self.ce_weight < 0 or self.kl_weight + self.ce_weight == 0:
+            problems.append("kl_weight and ce_weight must be ≥ 0 and not both 0")
+        if self.intermediate_loss not in INTERMEDIATE_LOSSES:
+            problems.append(f"intermediate_loss '{self.intermediate_loss}' is not one of cosine, mse")
+        if self.logit_chunk_size < 1:
+            problems.append("logit_chunk_size must be ≥ 1")
+        if isinstance(self.intermediate_layer_pairs, str):
+            self.intermediate_layer_pairs = [p.strip() for p in self.intermediate_layer_pairs.split(",") if p.strip()]
+        if self.intermediate_alpha != "dynamic":
+            try:
+                if float(self.intermediate_alpha) < 0:
+                    problems.append("intermediate_alpha must be 'dynamic' or a number ≥ 0")
+            except (TypeError, ValueError):
+                problems.append(f"intermediate_alpha must be 'dynamic' or a number, got {self.intermediate_alpha!r}")
+        if self.embedding_loss and not self.intermediate_layer_pairs:
+            self.intermediate_layer_pairs = []
+        if problems:
+            raise MinitronError("Invalid distillation settings: " + "; ".join(problems))
+
+    @property
+    def uses_intermediate_loss(self) -> bool:
+        return bool(self.intermediate_layer_pairs) or self.embedding_loss
+
+    @property
+    def fixed_alpha(self) -> float | None:
+        return None if self.intermediate_alpha == "dynamic" else float(self.intermediate_alpha)

@@ -1,0 +1,176 @@
+"""A distillation mode for a model's own forward.
+
+``model(..., distillation=TeacherRequest(...))`` returns the teacher's final hidden states,
+the hidden states of chosen layers and its (gathered) LM-head weight;
+``model(..., distillation=StudentRequest(...))`` returns the student's loss against them.
+Computing inside ``forward`` matters: the call goes through whatever wrapper accelerate put
+around the model (DDP, FSDP2, DeepSpeed), so gradient synchronisation and parameter
+gathering happen as in a normal step. Without the keyword the forward is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from transformers.utils import ModelOutput
+
+from ..families import family_for, get_module
+from .losses import chunked_logit_loss, intermediate_state_loss
+
+EMBEDDINGS = -1  # the "layer" index of the embedding output
+PROJECTION = "minitron_projection"
+
+
+@dataclass
+class TeacherRequest:
+    layers: tuple[int, ...] = ()
+
+
+@dataclass
+class TeacherOutputs:
+    hidden: torch.Tensor
+    states: dict[int, torch.Tensor]
+    head_weight: torch.Tensor
+
+
+@dataclass
+class StudentRequest:
+    teacher: TeacherOutputs
+    labels: torch.Tensor
+    num_items: torch.Tensor | float
+    temperature: float = 1.0
+    divergence: str = "forward_kl"
+    beta: float = 0.5
+    kl_weight: float = 1.0
+    ce_weight: float = 0.0
+    chunk_size: int = 1024
+    track_ce: bool = False
+    layer_pairs: tuple[tuple[int, int], ...] = ()  # (teacher layer, student layer); EMBEDDINGS for embeddings
+    intermediate_loss: str = "cosine"
+    alpha: float | None = None  # None: this micro-batch's L_logits / L_is
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class DistillationOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logit_loss: torch.Tensor | None = None
+    intermediate_loss: torch.Tensor | None = None
+    alpha: float | None = None
+
+
+def full_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a parameter FSDP2 may have sharded (a DTensor); differentiable."""
+    return weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+
+
+def _capture_states(model, layers: tuple[int, ...]):
+    """Hooks that keep the outputs of the given decoder layers (and the embeddings, as layer -1)."""
+    family = family_for(model)
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def keep(index):
+        def hook(module, args, output):
+            captured[index] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    decoder_layers = get_module(model, family.layers)
+    for index in set(layers):
+        module = get_module(model, family.embeddings) if index == EMBEDDINGS else decoder_layers[index]
+        handles.append(module.register_forward_hook(keep(index)))
+    return captured, handles
+
+
+def _post_norm(model, states: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    norm = get_module(model, family_for(model).final_norm)
+    return {index: norm(state) for index, state in states.items()}
+
+
+def _distillation_forward(self, original_forward, *args, distillation=None, **kwargs):
+    if distillation is None:
+        return original_forward(*args, **kwargs)
+    kwargs.pop("labels", None)
+    kwargs["use_cache"] = False
+    is_student = isinstance(distillation, StudentRequest)
+    layers = tuple(s for _, s in distillation.layer_pairs) if is_student else distillation.layers
+    captured, handles = _capture_states(self, layers) if layers else ({}, [])
+    try:
+        hidden = getattr(self, self.base_model_prefix)(*args, **kwargs).last_hidden_state
+    finally:
+        for handle in handles:
+            handle.remove()
+    states = _post_norm(self, captured)
+    weight = full_weight(self.get_output_embeddings().weight)
+    if not is_student:
+        return TeacherOutputs(
+            hidden=hidden.detach(), states={k: v.detach() for k, v in states.items()}, head_weight=weight.detach()
+        )
+    return _student_loss(self, distillation, hidden, states, weight)
+
+
+def _student_loss(model, request: StudentRequest, hidden, states, weight) -> DistillationOutput:
+    teacher = request.teacher
+    labels = request.labels.to(hidden.device)
+    mask = labels[:, 1:] != -100  # position t predicts token t+1
+    targets = labels[:, 1:][mask]
+    scale = 1.0 / torch.as_tensor(request.num_items, dtype=torch.float32, device=hidden.device).clamp(min=1)
+    token_weights = scale.expand(targets.shape[0])
+    # Only the shared vocabulary counts: padded embedding rows beyond it never carry real tokens.
+    vocab = min(weight.shape[0], teacher.head_weight.shape[0])
+    teacher_hidden = teacher.hidden[:, :-1][mask.to(teacher.hidden.device)].to(hidden.device)
+    stats = request.stats
+    logit_loss = chunked_logit_loss(
+        hidden[:, :-1][mask],
+        weight[:vocab],
+        teacher_hidden,
+        teacher.head_weight[:vocab].to(hidden.device),
+        token_weights,
+        targets,
+        temperature=request.temperature,
+        divergence=request.divergence,
+        beta=request.beta,
+        kl_weight=request.kl_weight,
+        ce_weight=request.ce_weight,
+        chunk_size=request.chunk_size,
+        stats=stats,
+        track_ce=request.track_ce,
+    )
+    if not request.layer_pairs:
+        return DistillationOutput(loss=logit_loss, logit_loss=logit_loss)
+    projection = getattr(model, PROJECTION, None)
+    intermediate = torch.zeros((), device=hidden.device)
+    for teacher_layer, student_layer in request.layer_pairs:
+        student_state = states[student_layer][:, :-1][mask]
+        if projection is not None:
+            student_state = projection(student_state)
+        teacher_state = teacher.states[teacher_layer][:, :-1][mask.to(hidden.device)].to(hidden.device)
+        intermediate = intermediate + intermediate_state_loss(
+            student_state, teacher_state, token_weights, request.intermediate_loss
+        )
+    intermediate = intermediate / len(request.layer_pairs)
+    if request.alpha is None:  # no earlier step to measure α over: balance this micro-batch by itself
+        alpha = float(logit_loss.detach() / intermediate.detach().clamp(min=1e-12))
+    else:
+        alpha = request.alpha
+    stats["intermediate"] = stats.get("intermediate", 0.0) + intermediate.detach()
+    return DistillationOutput(
+        loss=logit_loss + alpha * intermediate, logit_loss=logit_loss, intermediate_loss=intermediate, alpha=alpha
+    )
+
+
+def enable_distillation_forward(model) -> None:
+    """Give ``model.forward`` the ``distillation=`` keyword (idempotent; generation is unaffected)."""
+    if getattr(model, "_minitron_distillation_forward", False):
+        return
+    original = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(*args, distillation=None, **kwargs):
+        return _distillation_forward(model, original, *args, distillation=distillation, **kwargs)
+
+    model.forward = forward
+    model._minitron_distillation_forward = True

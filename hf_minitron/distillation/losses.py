@@ -1,0 +1,217 @@
+"""Distillation losses: logit divergences computed in token chunks, and intermediate-state losses.
+
+The logit loss never holds [tokens × vocab] logits of both models. ``chunked_logit_loss``
+walks the scored tokens in chunks; for each chunk it projects both models' final hidden
+states through their LM heads, computes the divergence *and its gradient* with respect to
+the student's logits in closed form, and immediately turns that gradient into gradients
+for the student's hidden states and LM-head weight. Only those (hidden-sized and
+weight-sized) gradients are kept for backward, so peak memory is one chunk of logits,
+and the work is the same four matmuls as the plain loss.
+
+Closed-form gradients with respect to the student's tempered logits z (q = softmax(z),
+p = teacher probabilities, m = β·p + (1−β)·q):
+- forward KL(p‖q):  q − p
+- reverse KL(q‖p):  q ⊙ (g − E_q[g]),  g = log q − log p
+- generalised JSD_β = β·KL(p‖m) + (1−β)·KL(q‖m):  q ⊙ (g − E_q[g]),  g = (1−β)·log(q/m)
+With temperature τ the logits are divided by τ, which scales the gradient by 1/τ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+INTERMEDIATE_LOSSES = ("cosine", "mse")
+
+
+def divergence_and_grad(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, divergence: str, beta: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token divergence [n] and its gradient w.r.t. the (already tempered) student logits [n, V], in fp32."""
+    log_q = F.log_softmax(student_logits.float(), dim=-1)
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    q = log_q.exp()
+    if divergence == "forward_kl":
+        p = log_p.exp()
+        return (p * (log_p - log_q)).sum(-1), q - p
+    if divergence == "reverse_kl":
+        g = log_q - log_p
+        loss = (q * g).sum(-1)
+        return loss, q * (g - loss.unsqueeze(-1))
+    # Generalised Jensen-Shannon with mixture m = β·p + (1−β)·q, computed in log space.
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
+    p = log_p.exp()
+    loss = beta * (p * (log_p - log_m)).sum(-1) + (1 - beta) * (q * (log_q - log_m)).sum(-1)
+    g = (1 - beta) * (log_q - log_m)
+    return loss, q * (g - (q * g).sum(-1, keepdim=True))
+
+
+class _ChunkedLogitLoss(torch.autograd.Function):
+    """Σ_tokens weight · [kl_weight · divergence + ce_weight · cross-entropy], gradients made in forward."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        token_weights,
+        targets,
+        temperature,
+        divergence,
+        beta,
+        kl_weight,
+        ce_weight,
+        chunk_size,
+        stats,
+        track_ce,
+    ):
+        needs_grad = student_hidden.requires_grad or student_weight.requires_grad
+        grad_hidden = torch.zeros_like(student_hidden) if student_hidden.requires_grad else None
+        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if student_weight.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
+        for start in range(0, student_hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            hidden = student_hidden[rows]
+            raw = (hidden @ student_weight.t()).float()
+            with torch.no_grad():
+                teacher_raw = (teacher_hidden[rows] @ teacher_weight.t()).float()
+            weights = token_weights[rows].float()
+            grad_logits = torch.zeros_like(raw) if needs_grad else None
+            if kl_weight:
+                div, grad = divergence_and_grad(raw / temperature, teacher_raw / temperature, divergence, beta)
+                total += kl_weight * (div * weights).sum()
+                stats["kl"] += (div * weights).sum().detach()  # a tensor: no device sync per chunk
+                if needs_grad:
+                    grad_logits += grad * (kl_weight * weights / temperature).unsqueeze(-1)
+            if ce_weight or track_ce:
+                log_probs = F.log_softmax(raw, dim=-1)
+                nll = -log_probs.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1)
+                stats["ce"] += (nll * weights).sum().detach()
+                if ce_weight:
+                    total += ce_weight * (nll * weights).sum()
+                    if needs_grad:
+                        grad_ce = log_probs.exp()
+                        grad_ce.scatter_add_(-1, targets[rows].unsqueeze(-1), -torch.ones_like(nll).unsqueeze(-1))
+                        grad_logits += grad_ce * (ce_weight * weights).unsqueeze(-1)
+            if grad_hidden is not None:
+                grad_hidden[rows] = (grad_logits.to(student_weight.dtype) @ student_weight).to(grad_hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += grad_logits.t() @ hidden.float()
+        ctx.save_for_backward(
+            grad_hidden if grad_hidden is not None else torch.empty(0),
+            grad_weight if grad_weight is not None else torch.empty(0),
+        )
+        ctx.has = (grad_hidden is not None, grad_weight is not None, student_weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        has_hidden, has_weight, weight_dtype = ctx.has
+        return (
+            grad_hidden * grad_output if has_hidden else None,
+            (grad_weight * grad_output).to(weight_dtype) if has_weight else None,
+            *([None] * 12),
+        )
+
+
+def chunked_logit_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    token_weights: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    kl_weight: float = 1.0,
+    ce_weight: float = 0.0,
+    chunk_size: int = 1024,
+    stats: dict | None = None,
+    track_ce: bool = False,
+) -> torch.Tensor:
+    """Weighted sum over scored tokens of the logit loss, from final hidden states [n, D] and LM-head weights [V, D].
+
+    ``token_weights`` carries the normalisation (1 / number of scored tokens in the whole
+    optimizer step), so gradient accumulation matches one large batch. ``stats`` (a dict)
+    receives the weighted sums of the divergence ("kl") and, when ``ce_weight`` or
+    ``track_ce`` is set, of the student's cross-entropy ("ce"), for logging.
+    """
+    stats = {} if stats is None else stats
+    stats.setdefault("kl", 0.0)
+    stats.setdefault("ce", 0.0)
+    if targets is None:
+        if ce_weight or track_ce:
+            raise ValueError("cross-entropy needs target token ids")
+        targets = torch.zeros(student_hidden.shape[0], dtype=torch.long, device=student_hidden.device)
+    return _ChunkedLogitLoss.apply(
+        student_hidden,
+        student_weight,
+        teacher_hidden.detach(),
+        teacher_weight.detach(),
+        token_weights,
+        targets,
+        temperature,
+        divergence,
+        beta,
+        kl_weight,
+        ce_weight,
+        chunk_size,
+        stats,
+        track_ce,
+    )
+
+
+def plain_logit_loss(
+    student_hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_weight,
+    token_weights,
+    targets=None,
+    *,
+    temperature=1.0,
+    divergence="forward_kl",
+    beta=0.5,
+    kl_weight=1.0,
+    ce_weight=0.0,
+) -> torch.Tensor:
+    """The same loss with full logits and autograd: the reference the chunked version must equal."""
+    student_logits = (student_hidden @ student_weight.t()).float()
+    with torch.no_grad():
+        teacher_logits = (teacher_hidden @ teacher_weight.t()).float()
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)
+    if divergence == "forward_kl":
+        div = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+    elif divergence == "reverse_kl":
+        div = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(-1)
+    else:
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
+        div = beta * F.kl_div(log_m, log_p, reduction="none", log_target=True).sum(-1) + (1 - beta) * F.kl_div(
+            log_m, log_q, reduction="none", log_target=True
+        ).sum(-1)
+    loss = kl_weight * (div * token_weights).sum()
+    if ce_weight:
+        ce = F.cross_entropy(student_logits, targets, reduction="none")
+        loss = loss + ce_weight * (ce * token_weights).sum()
+    return loss
+
+
+def intermediate_state_loss(
+    student_state: torch.Tensor, teacher_state: torch.Tensor, token_weights: torch.Tensor, kind: str = "cosine"
+) -> torch.Tensor:
+    """Weighted sum over tokens of 1 − cos(student, teacher) or the mean squared error per token."""
+    student_state, teacher_state = student_state.float(), teacher_state.float().detach()
+    if kind == "cosine":
+        per_token = 1 - F.cosine_similarity(student_state, teacher_state, dim=-1)
+    else:
+        per_token = (student_state - teacher_state).pow(2).mean(-1)
+    return (per_token * token_weights.float()).sum()

@@ -1,0 +1,286 @@
+"""DistillationTrainer: TRL's SFTTrainer with a frozen teacher and chunked logit distillation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from trl import SFTTrainer
+
+from ..errors import MinitronError
+from ..loading import load_model, load_tokenizer
+from .callbacks import LossComponentsCallback, NonFiniteLossCallback, TeacherGapCallback
+from .config import DistillationConfig
+from .forward import PROJECTION, StudentRequest, TeacherRequest, enable_distillation_forward
+from .pairs import resolve_layer_pairs
+
+PROJECTION_FILE = "distillation_projection.safetensors"
+STATE_FILE = "distillation_state.json"  # the dynamic α and its running sums, so a resumed run continues exactly
+
+
+def _unwrap_peft(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _model_source(model) -> str | None:
+    return getattr(model, "minitron_source", None) or getattr(model.config, "_name_or_path", None)
+
+
+class DistillationTrainer(SFTTrainer):
+    """Off-policy knowledge distillation of ``model`` (the student) from ``teacher_model``.
+
+    Everything SFTTrainer does with data (plain text, packing, chat messages, prompt/completion
+    with completion-only loss) works unchanged; the loss becomes the teacher–student logit
+    divergence (plus optional cross-entropy and intermediate-state losses), normalised by
+    ``num_items_in_batch`` so gradient accumulation equals the large batch.
+    """
+
+    _tag_names: ClassVar[list[str]] = ["trl", "sft", "distillation", "hf_minitron"]
+
+    def __init__(
+        self,
+        model=None,
+        teacher_model=None,
+        args: DistillationConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if args is None or not isinstance(args, DistillationConfig):
+            raise MinitronError(
+                "DistillationTrainer needs a DistillationConfig as args",
+                fix="pass args=DistillationConfig(output_dir=..., ...)",
+            )
+        if model is None:
+            raise MinitronError("No student model was given", fix="pass model=<student model or its path>")
+        student = load_model(model, dtype="float32") if isinstance(model, str) else model
+        teacher = self._load_teacher(teacher_model, args)
+        if processing_class is None:
+            source = args.teacher_model_name_or_path or _model_source(teacher)
+            processing_class = load_tokenizer(source) if source else None
+        self._check_vocab(student, teacher, processing_class)
+        self.layer_pairs = resolve_layer_pairs(args, teacher, student)
+        super().__init__(
+            model=student,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        base = _unwrap_peft(self.model)
+        enable_distillation_forward(base)
+        self._attach_projection(base, teacher)
+        self.teacher = self._prepare_teacher(teacher, args)
+        self._alpha: float | None = args.fixed_alpha
+        self._alpha_step = -1
+        self._step_sums = [0.0, 0.0]
+        for callback in (LossComponentsCallback(), NonFiniteLossCallback()):
+            self.add_callback(callback)
+        if eval_dataset is not None:
+            self.add_callback(TeacherGapCallback(self.teacher))
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_teacher(teacher_model, args: DistillationConfig):
+        if teacher_model is None and args.teacher_model_name_or_path is None:
+            raise MinitronError(
+                "No teacher was given",
+                "distillation trains the student to match a teacher's predictions",
+                "pass teacher_model=... or set teacher_model_name_or_path in the DistillationConfig",
+            )
+        if teacher_model is None or isinstance(teacher_model, str):
+            kwargs = dict(args.teacher_model_init_kwargs or {})
+            kwargs.setdefault("dtype", "float32")
+            teacher_model = load_model(teacher_model or args.teacher_model_name_or_path, **kwargs)
+        elif (args.teacher_model_init_kwargs or {}).get("dtype") not in (None, "auto"):
+            dtype = args.teacher_model_init_kwargs["dtype"]
+            teacher_model = teacher_model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        return teacher_model
+
+    @staticmethod
+    def _check_vocab(student, teacher, tokenizer) -> None:
+        student_vocab = student.get_output_embeddings().weight.shape[0]
+        teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
+        if student_vocab == teacher_vocab:
+            return
+        used = len(tokenizer) if tokenizer is not None else max(student_vocab, teacher_vocab)
+        if used > min(student_vocab, teacher_vocab):
+            raise MinitronError(
+                f"The student's vocabulary ({student_vocab}) differs from the teacher's ({teacher_vocab})",
+                f"logit distillation compares distributions token by token, and the tokenizer uses {used} ids",
+                "distil a student that shares the teacher's tokenizer (a pruned student always does)",
+            )
+
+    def _attach_projection(self, student, teacher) -> None:
+        """A learned map from the student's width to the teacher's, trained with the student, saved apart."""
+        student_width, teacher_width = student.config.hidden_size, teacher.config.hidden_size
+        if not self.layer_pairs or student_width == teacher_width:
+            return
+        projection = torch.nn.Linear(student_width, teacher_width, bias=False)
+        kept = (getattr(student.config, "minitron_pruning", None) or {}).get("kept_hidden_channels")
+        with torch.no_grad():
+            if kept and len(kept) == student_width:
+                # A width-pruned student's channels are a subset of the teacher's: start from that embedding.
+                projection.weight.zero_()
+                projection.weight[torch.tensor(kept), torch.arange(student_width)] = 1.0
+        weight = student.get_output_embeddings().weight
+        student.add_module(PROJECTION, projection.to(device=weight.device, dtype=weight.dtype))
+        student._keys_to_ignore_on_save = set(student._keys_to_ignore_on_save or ()) | {f"{PROJECTION}.weight"}
+
+    def _prepare_teacher(self, teacher, args):
+        teacher.eval()
+        teacher.requires_grad_(False)
+        enable_distillation_forward(teacher)
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models.utils import prepare_fsdp
+
+            return prepare_fsdp(teacher, self.accelerator)
+        return teacher.to(self.accelerator.device)
+
+    # -- loss ------------------------------------------------------------------------------------------------------
+
+    def _current_alpha(self) -> float | None:
+        """α for this optimizer step: fixed, or L_logits / L_is over the previous step (one scale per step)."""
+        if self.args.fixed_alpha is not None or not self.layer_pairs:
+            return self.args.fixed_alpha
+        step = self.state.global_step
+        if step != self._alpha_step:
+            logits_sum, intermediate_sum = self._step_sums
+            if intermediate_sum > 0:
+                self._alpha = logits_sum / intermediate_sum
+            self._alpha_step, self._step_sums = step, [0.0, 0.0]
+        return self._alpha
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        labels = inputs["labels"]
+        forward_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
+        teacher_layers = tuple(t for t, _ in self.layer_pairs)
+        with torch.no_grad():
+            teacher_outputs = self.teacher(**forward_inputs, distillation=TeacherRequest(layers=teacher_layers))
+        num_items = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != -100).sum()
+        args = self.args
+        request = StudentRequest(
+            teacher=teacher_outputs,
+            labels=labels,
+            num_items=num_items,
+            temperature=args.temperature,
+            divergence=args.divergence,
+            beta=args.jsd_beta,
+            kl_weight=args.kl_weight,
+            ce_weight=args.ce_weight,
+            chunk_size=args.logit_chunk_size,
+            track_ce=args.log_student_ce or args.ce_weight > 0,
+            layer_pairs=self.layer_pairs,
+            intermediate_loss=args.intermediate_loss,
+            alpha=self._current_alpha() if mode == "train" else self._alpha,
+        )
+        outputs = model(**forward_inputs, distillation=request)
+        loss = outputs.loss
+        # Like Trainer: num_items_in_batch counts every rank's tokens, and DDP averages gradients over ranks.
+        if args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        self._record(mode, request, outputs, num_items, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record(self, mode, request, outputs, num_items, inputs) -> None:
+        """Loss components per scored token, for logging (SFTTrainer.log averages them per logging step)."""
+        stats = request.stats
+        tokens = int((request.labels[:, 1:] != -100).sum())
+        share = float(num_items) / max(tokens, 1)  # undo the whole-step normalisation: per-token values
+        metrics = self._metrics[mode]
+        metrics["kl"].append(float(stats["kl"]) * share)
+        if request.track_ce:
+            metrics["ce"].append(float(stats["ce"]) * share)
+        if outputs.intermediate_loss is not None:
+            metrics["intermediate"].append(float(stats["intermediate"]) * share)
+            metrics["alpha"].append(outputs.alpha)
+            if mode == "train":
+                self._step_sums[0] += float(outputs.logit_loss.detach())
+                self._step_sums[1] += float(outputs.intermediate_loss.detach())
+        loss_value = float(outputs.loss.detach())
+        if not torch.isfinite(torch.tensor(loss_value)):
+            NonFiniteLossCallback.fail(self.args, self.state, {"loss": loss_value, **stats})
+        if mode == "train":
+            # Padded batches count their mask; packed (padding-free) batches are all real tokens.
+            mask = inputs.get("attention_mask")
+            local = (
+                mask.sum()
+                if mask is not None
+                else torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            )
+            self._total_train_tokens += int(self.accelerator.gather_for_metrics(local).sum())
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+    # -- saving ----------------------------------------------------------------------------------------------------
+
+    def _projection(self):
+        return getattr(_unwrap_peft(self.accelerator.unwrap_model(self.model)), PROJECTION, None)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        projection = self._projection()
+        if projection is not None and self.args.should_save:
+            weights = {"weight": projection.weight.detach().float().cpu().contiguous()}
+            save_file(weights, os.path.join(output_dir or self.args.output_dir, PROJECTION_FILE))
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            state = {"alpha": self._alpha, "alpha_step": self._alpha_step, "step_sums": self._step_sums}
+            (folder / STATE_FILE).write_text(json.dumps(state))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        folder = Path(resume_from_checkpoint)
+        projection = self._projection()
+        if projection is not None and (folder / PROJECTION_FILE).is_file():
+            with torch.no_grad():
+                projection.weight.copy_(load_file(str(folder / PROJECTION_FILE))["weight"].to(projection.weight))
+        if (folder / STATE_FILE).is_file():
+            state = json.loads((folder / STATE_FILE).read_text())
+            self._alpha, self._alpha_step, self._step_sums = state["alpha"], state["alpha_step"], state["step_sums"]
+
+    def export_student(self, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the student as a plain transformers folder: LoRA adapters merged, no projection inside.
+
+        The projection (if any) goes beside it as ``distillation_projection.safetensors``.
+        """
+        from ..outputs import atomic_output_dir
+
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        projection = getattr(model, PROJECTION, None)
+        if projection is not None:
+            delattr(model, PROJECTION)
+        try:
+            with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+                model.save_pretrained(staging)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(staging)
+                if projection is not None:
+                    save_file(
+                        {"weight": projection.weight.detach().float().cpu().contiguous()},
+                        str(staging / PROJECTION_FILE),
+                    )
+        finally:
+            if projection is not None:
+                model.add_module(PROJECTION, projection)
+        return Path(output_dir)

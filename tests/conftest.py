@@ -18,6 +18,17 @@ def smollm2():
     return builtin_teacher()
 
 
+@pytest.fixture(scope="session")
+def teacher_scores(smollm2):
+    """Importance of the built-in teacher on a little built-in text, computed once."""
+    from hf_minitron import estimate_importance
+
+    model, tokenizer = smollm2
+    return estimate_importance(
+        model, tokenizer, "builtin:python-docs", num_samples=8, seq_len=128, batch_size=4, progress=False
+    )
+
+
 @pytest.fixture
 def record_measurement():
     """Tests that measure something (perplexity, sizes) report it in the run's summary."""

@@ -1,6 +1,7 @@
 """`hf-minitron distill` and `correct-teacher` on tiny checkpoints: YAML + flags, resume, exports."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,27 @@ def test_missing_learning_rate_and_missing_teacher(workspace, capsys):
     assert main(["distill", "--model_name_or_path", str(workspace / "student"), *base, "--report_to", "none"]) == 2
     assert "No teacher was given" in capsys.readouterr().err
     assert not (workspace / "x").exists()
+
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "distill").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_distill_recipes_parse(recipe):
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    from hf_minitron.cli.training import RunArguments
+    from hf_minitron.distillation import DistillationConfig
+
+    parser = TrlParser((DistillationConfig, ScriptArguments, ModelConfig, RunArguments))
+    args, script, model, _ = parser.parse_args_and_config(["--config", str(recipe)])
+    assert model.model_name_or_path and args.teacher_model_name_or_path and script.dataset_name
+    assert args.temperature == 1.0 and args.divergence == "forward_kl"
+
+
+@pytest.mark.parametrize("config", sorted((RECIPES / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_accelerate_configs_load(config):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(config))
+    assert loaded.num_processes == 8 and loaded.mixed_precision == "bf16"

@@ -242,3 +242,16 @@ def test_padded_vocabulary_is_allowed(tmp_path):
     teacher = tiny_model("llama", seed=3, vocab_size=104)
     trainer = train(tmp_path, teacher, tiny_model("llama", seed=1), max_steps=1)
     assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+
+
+def test_copies_of_a_patched_model_run_their_own_weights(input_ids):
+    from hf_minitron.distillation.forward import TeacherRequest, enable_distillation_forward
+
+    model = tiny_model("llama", seed=3)
+    enable_distillation_forward(model)
+    copy = __import__("copy").deepcopy(model)
+    with torch.no_grad():
+        copy.model.norm.weight.mul_(2)
+        ours, theirs = (m(input_ids=input_ids, distillation=TeacherRequest()).hidden for m in (model, copy))
+    torch.testing.assert_close(theirs, ours * 2)
+    assert copy(input_ids=input_ids).logits.shape == (2, 12, 96)  # the plain forward still works

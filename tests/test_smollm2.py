@@ -7,20 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_minitron import PruningConfig, estimate_importance, model_shape, prune_model, save_pruned_model
+from hf_minitron import PruningConfig, model_shape, prune_model, save_pruned_model
 from hf_minitron.evaluation import perplexity
 from hf_minitron.loading import BUILTIN_MODELS, resolve_model_location
 
 pytestmark = pytest.mark.slow
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def teacher_scores(smollm2):
-    model, tokenizer = smollm2
-    return estimate_importance(
-        model, tokenizer, "builtin:python-docs", num_samples=8, seq_len=128, batch_size=4, progress=False
-    )
 
 
 def test_builtin_teacher_loads_dequantized_and_saveable(smollm2):

@@ -81,8 +81,8 @@ def run_distill(argv: list[str]) -> None:
         model=student, args=args, train_dataset=train, eval_dataset=evaluation, peft_config=get_peft_config(model_args)
     )
     trainer.train(resume_from_checkpoint=resume)
+    trainer.export_student(export_dir, overwrite=run.overwrite or resume is not None)  # collective under FSDP
     if trainer.accelerator.is_main_process:
-        trainer.export_student(export_dir, overwrite=run.overwrite or resume is not None)
         print(f"Distilled student saved to {export_dir} (loads with AutoModelForCausalLM.from_pretrained)")
 
 

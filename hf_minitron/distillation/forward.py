@@ -10,7 +10,7 @@ gathering happen as in a normal step. Without the keyword the forward is unchang
 
 from __future__ import annotations
 
-import functools
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -62,8 +62,19 @@ class DistillationOutput(ModelOutput):
 
 
 def full_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a parameter FSDP2 may have sharded (a DTensor); differentiable."""
-    return weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+    """The whole tensor of a parameter that FSDP2 (a DTensor) or DeepSpeed ZeRO-3 may have partitioned.
+
+    FSDP2's ``full_tensor`` is differentiable. ZeRO-3 keeps an empty placeholder outside the owning
+    module's forward; its gathered copy is a detached clone, so this path serves a frozen teacher.
+    """
+    if hasattr(weight, "full_tensor"):
+        return weight.full_tensor()
+    if hasattr(weight, "ds_id"):  # a ZeRO-3 partitioned parameter
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+            return weight.detach().clone()
+    return weight
 
 
 def _capture_states(model, layers: tuple[int, ...]):
@@ -162,15 +173,18 @@ def _student_loss(model, request: StudentRequest, hidden, states, weight) -> Dis
     )
 
 
+def _forward_with_distillation(self, *args, distillation=None, **kwargs):
+    return _distillation_forward(self, self._minitron_original_forward, *args, distillation=distillation, **kwargs)
+
+
 def enable_distillation_forward(model) -> None:
-    """Give ``model.forward`` the ``distillation=`` keyword (idempotent; generation is unaffected)."""
-    if getattr(model, "_minitron_distillation_forward", False):
+    """Give ``model.forward`` the ``distillation=`` keyword (idempotent; generation is unaffected).
+
+    Both the new and the wrapped forward are methods bound to ``model`` (not closures), so a
+    ``copy.deepcopy`` of the model runs its own weights.
+    """
+    forward = getattr(model, "forward", None)
+    if getattr(forward, "__func__", None) is _forward_with_distillation:
         return
-    original = model.forward
-
-    @functools.wraps(type(model).forward)
-    def forward(*args, distillation=None, **kwargs):
-        return _distillation_forward(model, original, *args, distillation=distillation, **kwargs)
-
-    model.forward = forward
-    model._minitron_distillation_forward = True
+    model._minitron_original_forward = forward
+    model.forward = types.MethodType(_forward_with_distillation, model)

@@ -81,6 +81,12 @@ class DistillationTrainer(SFTTrainer):
         enable_distillation_forward(base)
         self._attach_projection(base, teacher)
         self.teacher = self._prepare_teacher(teacher, args)
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise MinitronError(
+                "DeepSpeed ZeRO-3 partitions the student's LM head, which the chunked logit loss reads directly",
+                "the teacher can be ZeRO-3-partitioned, the student cannot",
+                "train the student with FSDP2 (recipes/accelerate/fsdp2.yaml) or ZeRO-2 (zero2.yaml there)",
+            )
         self._alpha: float | None = args.fixed_alpha
         self._alpha_step = -1
         self._step_sums = [0.0, 0.0]
@@ -260,24 +266,38 @@ class DistillationTrainer(SFTTrainer):
     def export_student(self, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the student as a plain transformers folder: LoRA adapters merged, no projection inside.
 
-        The projection (if any) goes beside it as ``distillation_projection.safetensors``.
+        The projection (if any) goes beside it as ``distillation_projection.safetensors``. Call it on
+        every process: under FSDP the full weights are gathered collectively, then the main process writes.
         """
         from ..outputs import atomic_output_dir
 
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        state_dict = self.accelerator.get_state_dict(self.model) if sharded else None
+        if not self.accelerator.is_main_process:
+            return Path(output_dir)
         model = self.accelerator.unwrap_model(self.model)
         if hasattr(model, "merge_and_unload"):
+            if sharded:
+                raise MinitronError(
+                    "Merging LoRA adapters of a sharded student is not supported",
+                    fix="save the adapters with trainer.save_model(), then merge them on one device",
+                )
             model = model.merge_and_unload()
         projection = getattr(model, PROJECTION, None)
+        key = f"{PROJECTION}.weight"
+        if state_dict is None:
+            state_dict = {k: v for k, v in model.state_dict().items()}
+        projection_weight = state_dict.pop(key, None)
         if projection is not None:
             delattr(model, PROJECTION)
         try:
             with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
-                model.save_pretrained(staging)
+                model.save_pretrained(staging, state_dict=state_dict)
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(staging)
-                if projection is not None:
+                if projection_weight is not None:
                     save_file(
-                        {"weight": projection.weight.detach().float().cpu().contiguous()},
+                        {"weight": projection_weight.detach().float().cpu().contiguous()},
                         str(staging / PROJECTION_FILE),
                     )
         finally:

@@ -1,0 +1,58 @@
+"""Real multi-process runs on CPU (gloo): DDP through the trainer, and an FSDP2-sharded teacher.
+
+accelerate enables FSDP and DeepSpeed ZeRO-3 only on GPUs, so those trainer paths are not run here;
+the sharded-teacher check uses torch's fully_shard directly.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPTS = Path(__file__).parent / "distributed"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run(args, processes=1, timeout=300):
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ]
+    command = (launcher if processes > 1 else [sys.executable]) + [str(a) for a in args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("losses", ["logits", "intermediate"])
+def test_ddp_with_two_processes_equals_one_process(tmp_path, losses):
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert "DistributedType.NO" in run([SCRIPTS / "ddp_distill.py", one, losses])
+    assert "MULTI_CPU" in run([SCRIPTS / "ddp_distill.py", two, losses], processes=2)
+    single, double = load_file(str(one)), load_file(str(two))
+    assert single.keys() == double.keys()
+    for name in single:
+        torch.testing.assert_close(double[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fsdp2_sharded_teacher_matches_unsharded():
+    output = run([SCRIPTS / "fsdp_teacher.py"], processes=2)
+    assert output.count("sharded teacher matches") == 2

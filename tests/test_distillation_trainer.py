@@ -255,3 +255,43 @@ def test_copies_of_a_patched_model_run_their_own_weights(input_ids):
         ours, theirs = (m(input_ids=input_ids, distillation=TeacherRequest()).hidden for m in (model, copy))
     torch.testing.assert_close(theirs, ours * 2)
     assert copy(input_ids=input_ids).logits.shape == (2, 12, 96)  # the plain forward still works
+
+
+def test_trainer_loss_equals_a_full_logits_reference_on_completion_only_data(tmp_path):
+    """prompt/completion rows: only completion tokens count; KL + α·(1 − cos) matches a plain computation."""
+    import torch.nn.functional as F
+
+    teacher = tiny_model("llama", seed=3)
+    student = width_student(teacher)
+    rows = {"prompt": [t[:20] for t in TEXTS], "completion": [t[20:] for t in TEXTS]}
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        processing_class=char_tokenizer(),
+        args=config(tmp_path, intermediate_layer_pairs=["0:0", "3:2"], intermediate_alpha="0.25"),
+        train_dataset=datasets.Dataset.from_dict(rows),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels = batch["labels"]
+    mask = labels[:, 1:] != -100
+    assert mask.sum() < batch["attention_mask"][:, 1:].sum()  # the prompts are not scored
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        s_out = student(**inputs, output_hidden_states=True)
+        t_out = teacher(**inputs, output_hidden_states=True)
+        log_q = F.log_softmax(s_out.logits[:, :-1][mask], -1)
+        log_p = F.log_softmax(t_out.logits[:, :-1][mask], -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum() / mask.sum()
+        projection = getattr(student, PROJECTION)
+        cos_terms = []
+
+        def post_norm(model, states, layer):  # transformers returns the last layer's output already normed
+            return states[-1] if layer + 2 == len(states) else model.model.norm(states[layer + 1])
+
+        for t_layer, s_layer in ((0, 0), (3, 2)):
+            s_state = projection(post_norm(student, s_out.hidden_states, s_layer))[:, :-1][mask]
+            t_state = post_norm(teacher, t_out.hidden_states, t_layer)[:, :-1][mask]
+            cos_terms.append((1 - F.cosine_similarity(s_state, t_state, dim=-1)).sum() / mask.sum())
+        expected = kl + 0.25 * sum(cos_terms) / 2
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)

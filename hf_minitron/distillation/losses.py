@@ -30,23 +30,34 @@ INTERMEDIATE_LOSSES = ("cosine", "mse")
 def divergence_and_grad(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, divergence: str, beta: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token divergence [n] and its gradient w.r.t. the (already tempered) student logits [n, V], in fp32."""
+    """Per-token divergence [n] and its gradient w.r.t. the (already tempered) student logits [n, V], in fp32.
+
+    Works in place on fp32 copies, so about three [n, V] buffers are alive at once: at a 128k
+    vocabulary each one is half a gigabyte per thousand tokens.
+    """
     log_q = F.log_softmax(student_logits.float(), dim=-1)
     log_p = F.log_softmax(teacher_logits.float(), dim=-1)
-    q = log_q.exp()
     if divergence == "forward_kl":
         p = log_p.exp()
-        return (p * (log_p - log_q)).sum(-1), q - p
+        loss = torch.linalg.vecdot(p, log_p.sub_(log_q))  # Σ p (log p − log q), no [n, V] temporary
+        return loss, log_q.exp_().sub_(p)  # q − p
     if divergence == "reverse_kl":
-        g = log_q - log_p
-        loss = (q * g).sum(-1)
-        return loss, q * (g - loss.unsqueeze(-1))
+        g = log_q.sub(log_p)  # log q − log p
+        del log_p
+        q = log_q.exp_()
+        loss = torch.linalg.vecdot(q, g)
+        return loss, g.sub_(loss.unsqueeze(-1)).mul_(q)  # q ⊙ (g − E_q[g])
     # Generalised Jensen-Shannon with mixture m = β·p + (1−β)·q, computed in log space.
     log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
     p = log_p.exp()
-    loss = beta * (p * (log_p - log_m)).sum(-1) + (1 - beta) * (q * (log_q - log_m)).sum(-1)
-    g = (1 - beta) * (log_q - log_m)
-    return loss, q * (g - (q * g).sum(-1, keepdim=True))
+    teacher_part = torch.linalg.vecdot(p, log_p.sub_(log_m))
+    del p, log_p
+    g = log_q.sub(log_m)  # log(q / m)
+    del log_m
+    q = log_q.exp_()
+    student_part = torch.linalg.vecdot(q, g)
+    loss = beta * teacher_part + (1 - beta) * student_part
+    return loss, g.sub_(student_part.unsqueeze(-1)).mul_(q).mul_(1 - beta)  # q ⊙ (g − E_q[g]) with g·(1−β)
 
 
 class _ChunkedLogitLoss(torch.autograd.Function):
@@ -81,27 +92,33 @@ class _ChunkedLogitLoss(torch.autograd.Function):
             with torch.no_grad():
                 teacher_raw = (teacher_hidden[rows] @ teacher_weight.t()).float()
             weights = token_weights[rows].float()
-            grad_logits = torch.zeros_like(raw) if needs_grad else None
+            grad_logits = None
             if kl_weight:
-                div, grad = divergence_and_grad(raw / temperature, teacher_raw / temperature, divergence, beta)
+                tempered = (raw, teacher_raw) if temperature == 1 else (raw / temperature, teacher_raw / temperature)
+                div, grad = divergence_and_grad(*tempered, divergence, beta)
+                del tempered
+                del teacher_raw
                 total += kl_weight * (div * weights).sum()
                 stats["kl"] += (div * weights).sum().detach()  # a tensor: no device sync per chunk
-                if needs_grad:
-                    grad_logits += grad * (kl_weight * weights / temperature).unsqueeze(-1)
+                grad_logits = grad.mul_((kl_weight * weights / temperature).unsqueeze(-1)) if needs_grad else None
+                del grad
             if ce_weight or track_ce:
                 log_probs = F.log_softmax(raw, dim=-1)
                 nll = -log_probs.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1)
                 stats["ce"] += (nll * weights).sum().detach()
                 if ce_weight:
                     total += ce_weight * (nll * weights).sum()
-                    if needs_grad:
-                        grad_ce = log_probs.exp()
+                    if needs_grad:  # softmax − one-hot, in the log-probabilities' buffer
+                        grad_ce = log_probs.exp_()
                         grad_ce.scatter_add_(-1, targets[rows].unsqueeze(-1), -torch.ones_like(nll).unsqueeze(-1))
-                        grad_logits += grad_ce * (ce_weight * weights).unsqueeze(-1)
+                        grad_ce.mul_((ce_weight * weights).unsqueeze(-1))
+                        grad_logits = grad_ce if grad_logits is None else grad_logits.add_(grad_ce)
+                del log_probs
+            del raw
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad_logits.to(student_weight.dtype) @ student_weight).to(grad_hidden.dtype)
             if grad_weight is not None:
-                grad_weight += grad_logits.t() @ hidden.float()
+                grad_weight.addmm_(grad_logits.t(), hidden.float())  # in place: no [V, D] temporary
         ctx.save_for_backward(
             grad_hidden if grad_hidden is not None else torch.empty(0),
             grad_weight if grad_weight is not None else torch.empty(0),
@@ -113,9 +130,11 @@ class _ChunkedLogitLoss(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         has_hidden, has_weight, weight_dtype = ctx.has
+        if not bool(grad_output == 1):  # the usual upstream gradient is exactly 1: then no weight-sized copy
+            grad_hidden, grad_weight = grad_hidden * grad_output, grad_weight * grad_output
         return (
-            grad_hidden * grad_output if has_hidden else None,
-            (grad_weight * grad_output).to(weight_dtype) if has_weight else None,
+            grad_hidden if has_hidden else None,
+            grad_weight.to(weight_dtype) if has_weight else None,
             *([None] * 12),
         )
 

@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from ..errors import MinitronError
-from . import demo, importance, prune, training
+from . import demo, evaluate, importance, prune, training
 from .common import parse_with_config
 
-COMMANDS = {"demo": demo, "importance": importance, "prune": prune}
+COMMANDS = {"demo": demo, "importance": importance, "prune": prune, "eval": evaluate}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -1,5 +1,20 @@
-"""Evaluation: loss and perplexity (more tasks build on these)."""
+"""Evaluation: perplexity, zero-shot multiple-choice tasks, and reports comparing models."""
 
-from .perplexity import PerplexityResult, mean_lm_loss, perplexity, token_nll
+from .perplexity import PerplexityResult, mean_lm_loss, perplexity, row_logprobs, token_nll
+from .report import evaluate_model, results_table
+from .tasks import Request, TaskResult, load_task, loglikelihoods, score_task
 
-__all__ = ["PerplexityResult", "mean_lm_loss", "perplexity", "token_nll"]
+__all__ = [
+    "PerplexityResult",
+    "Request",
+    "TaskResult",
+    "evaluate_model",
+    "load_task",
+    "loglikelihoods",
+    "mean_lm_loss",
+    "perplexity",
+    "results_table",
+    "row_logprobs",
+    "score_task",
+    "token_nll",
+]

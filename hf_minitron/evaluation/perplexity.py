@@ -23,17 +23,18 @@ def input_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def token_nll(
+def row_logprobs(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     score_mask: torch.Tensor | None = None,
     chunk_size: int = 2048,
-) -> tuple[torch.Tensor, int]:
-    """Summed negative log-likelihood of next-token predictions, and how many were scored.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its scored next tokens, and how many were scored.
 
     A position t is scored when tokens t and t+1 are both real (mask 1) and, if given,
-    ``score_mask[t+1]`` is set (used by sliding windows to score only new tokens).
+    ``score_mask[t+1]`` is set (sliding windows score only new tokens; multiple-choice scoring
+    only the continuation). The LM head runs on scored positions only, in chunks.
     """
     family = family_for(model)
     device = input_device(model)
@@ -44,15 +45,23 @@ def token_nll(
     valid = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()
     if score_mask is not None:
         valid &= score_mask.to(device)[:, 1:].bool()
-    targets = input_ids[:, 1:][valid]
     lm_head = get_module(model, family.lm_head)
-    states = hidden[:, :-1][valid.to(hidden.device)].to(lm_head.weight.device)
-    targets = targets.to(lm_head.weight.device)
-    total = torch.zeros((), dtype=torch.float64, device=lm_head.weight.device)
+    out_device = lm_head.weight.device
+    rows = torch.arange(valid.shape[0], device=device).unsqueeze(1).expand_as(valid)[valid].to(out_device)
+    targets = input_ids[:, 1:][valid].to(out_device)
+    states = hidden[:, :-1][valid.to(hidden.device)].to(out_device)
+    sums = torch.zeros(valid.shape[0], dtype=torch.float64, device=out_device)
     for start in range(0, len(targets), chunk_size):
         logits = lm_head(states[start : start + chunk_size]).float()
-        total += F.cross_entropy(logits, targets[start : start + chunk_size], reduction="sum").double()
-    return total.cpu(), len(targets)
+        picked = -F.cross_entropy(logits, targets[start : start + chunk_size], reduction="none")
+        sums.index_add_(0, rows[start : start + chunk_size], picked.double())
+    return sums.cpu(), valid.sum(1).cpu()
+
+
+def token_nll(model, input_ids, attention_mask, score_mask=None, chunk_size: int = 2048) -> tuple[torch.Tensor, int]:
+    """Summed negative log-likelihood of the scored next tokens of a batch, and how many were scored."""
+    sums, counts = row_logprobs(model, input_ids, attention_mask, score_mask, chunk_size)
+    return -sums.sum(), int(counts.sum())
 
 
 def mean_lm_loss(model, calibration_set, batch_size: int = 8, progress: str | None = None) -> float:

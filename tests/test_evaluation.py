@@ -1,0 +1,126 @@
+"""Multiple-choice scoring: a hand-checked example, a plain reference, batching, and the real teacher."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_minitron import MinitronError
+from hf_minitron.cli import main
+from hf_minitron.evaluation import Request, loglikelihoods, results_table, score_task
+from hf_minitron.evaluation import tasks as task_module
+
+from helpers import SHARED_DATA, char_tokenizer, save_tiny, tiny_model
+
+REQUESTS = [
+    Request("The cat sat on the", " mat"),
+    Request("A", " very long continuation here"),
+    Request("Question: 2 + 2 =", " 4"),
+    Request("x", " y z"),
+    Request("The cat sat on the", " hat."),
+]
+
+
+def reference_loglikelihood(model, tokenizer, request):
+    """One request at a time, full logits: Σ log p(continuation token | everything before it)."""
+    context = tokenizer(request.context)["input_ids"]
+    continuation = tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([context + continuation])
+    with torch.no_grad():
+        log_probs = F.log_softmax(model(ids).logits[0].float(), -1)
+    return sum(float(log_probs[len(context) + i - 1, token]) for i, token in enumerate(continuation))
+
+
+def test_loglikelihoods_equal_the_reference_batched_or_not():
+    model, tokenizer = tiny_model("qwen2"), char_tokenizer()
+    expected = [reference_loglikelihood(model, tokenizer, r) for r in REQUESTS]
+    for batch_size in (1, 2, 16):
+        assert loglikelihoods(model, tokenizer, REQUESTS, batch_size=batch_size) == pytest.approx(expected, abs=1e-4)
+
+
+def test_hand_checked_acc_acc_norm_and_partial_scoring(monkeypatch):
+    # Choice " a" scores -2.0 (2 characters: -1.0 per char); " abcdef" scores -3.5 (7 characters: -0.5 per char).
+    fixed = {" a": -2.0, " abcdef": -3.5, " went home.": None}
+
+    def fake(model, tokenizer, requests, **kwargs):
+        seen.extend(requests)
+        return [
+            fixed[r.continuation]
+            if fixed[r.continuation] is not None
+            else (-1.0 if r.context.endswith("Bob") else -4.0)
+            for r in requests
+        ]
+
+    seen = []
+    monkeypatch.setattr(task_module, "loglikelihoods", fake)
+    choice_doc = {"query": "Q", "choices": ["a", "abcdef"], "gold": 1}
+    result = score_task(None, None, [choice_doc], progress=False)
+    assert (result.acc, result.acc_norm) == (0.0, 1.0)  # acc picks " a", per-character picks " abcdef"
+    assert seen == [Request("Q", " a"), Request("Q", " abcdef")]
+    seen.clear()
+    partial_doc = {"context_options": ["Alice", "Bob"], "continuation": "went home.", "gold": 1}
+    result = score_task(None, None, [partial_doc, {**partial_doc, "gold": 0}], progress=False)
+    assert seen[:2] == [Request("Alice", " went home."), Request("Bob", " went home.")]
+    assert (result.acc, result.acc_norm, result.count) == (0.5, None, 2)
+
+
+def test_eval_command_compares_models(tmp_path, capsys):
+    save_tiny(tmp_path / "a", seed=1)
+    save_tiny(tmp_path / "b", seed=2, num_hidden_layers=2)
+    task = tmp_path / "task.jsonl"
+    task.write_text(
+        "\n".join(json.dumps({"query": f"Q{i}:", "choices": ["yes", "no"], "gold": i % 2}) for i in range(6))
+    )
+    (tmp_path / "text.txt").write_text("Some plain text for perplexity. " * 40)
+    args = [
+        "eval",
+        "--model",
+        tmp_path / "a",
+        "--model",
+        tmp_path / "b",
+        "--task",
+        f"toy={task}",
+        "--perplexity-data",
+        tmp_path / "text.txt",
+        "--seq-len",
+        64,
+        "--output",
+        tmp_path / "r.json",
+    ]
+    assert main([str(a) for a in args]) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert set(results) == {"a", "b"} and results["b"]["tasks"]["toy"]["count"] == 6
+    table = capsys.readouterr().out
+    assert "toy acc_norm" in table and "perplexity" in table
+    text = results_table(
+        {
+            "t": {"perplexity": {"perplexity": 10.0}, "tasks": {"x": {"acc": 0.5, "acc_norm": 0.6}}},
+            "s": {"perplexity": {"perplexity": 12.5}, "tasks": {"x": {"acc": 0.4, "acc_norm": 0.6}}},
+        }
+    )
+    assert "12.50 (+2.50)" in text and "40.0 (-10.0)" in text
+
+
+def test_bad_task_files(tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"question": "no choices"}\n')
+    assert main(["eval", "--model", "builtin:smollm2-135m", "--task", f"bad={tmp_path / 'bad.jsonl'}"]) == 2
+    assert "not a multiple-choice row" in capsys.readouterr().err
+    assert main(["eval", "--model", "x", "--task", "nopath"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+    with pytest.raises(MinitronError, match="does not exist"):
+        task_module.load_task(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.slow
+def test_real_teacher_is_above_chance(smollm2, record_measurement):
+    model, tokenizer = smollm2
+    results = {}
+    for name, chance in (("arc_easy", 0.25), ("piqa", 0.5)):
+        docs = task_module.load_task(SHARED_DATA / "eval" / f"{name}.jsonl", limit=80)
+        results[name] = score_task(model, tokenizer, docs, name, progress=False)
+        assert results[name].acc_norm > chance + 0.05, results[name]
+    record_measurement(
+        "SmolLM2 teacher, first 80 rows: "
+        + ", ".join(f"{n} acc {r.acc:.3f} / acc_norm {r.acc_norm:.3f}" for n, r in results.items())
+    )

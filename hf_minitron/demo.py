@@ -79,7 +79,6 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     dropped = {}
     with atomic_output_dir(settings.output_dir, settings.overwrite) as staging:
         scores.save(staging / "importance")
-        scores.plot(staging / "importance" / "importance.png")
         for name, target in STUDENTS.items():
             student = prune_model(copy.deepcopy(teacher), target, scores)
             shapes[name] = model_shape(student)

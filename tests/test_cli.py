@@ -42,6 +42,7 @@ def test_importance_then_prune_from_saved_scores(workspace, capsys):
         "importance.safetensors",
         "importance.json",
         "importance.png",
+        "block_removal.png",
     }
     assert "Best block of 2 layers" in capsys.readouterr().out
     assert (
@@ -208,3 +209,18 @@ def test_shipped_prune_recipes_parse(recipe):
     args = parse_with_config(build_parser()[1]["prune"], ["--config", str(recipe), "--output", "unused"])
     config = pruning_config_from_args(args)
     assert config.hidden_size or config.num_hidden_layers
+
+
+def test_prune_depth_by_downstream_task(workspace):
+    import json
+
+    task = workspace / "task.jsonl"
+    task.write_text("\n".join(json.dumps({"context_options": [f"Ann {i}", f"Bob {i}"], "continuation": "left.",
+                                          "gold": i % 2}) for i in range(8)))
+    args = ["prune", "--model", workspace / "model", "--data", workspace / "text.txt", "--num-samples", 4,
+            "--seq-len", 32, "--num-hidden-layers", 2, "--layer-selection", "downstream", "--downstream-task", task,
+            "--output", workspace / "deep"]
+    assert run(*args) == 0
+    dropped = AutoModelForCausalLM.from_pretrained(workspace / "deep").config.minitron_pruning["dropped_layers"]
+    assert len(dropped) == 2 and dropped[1] == dropped[0] + 1
+    assert (workspace / "deep" / "importance" / "block_removal.png").is_file()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_minitron import PruningConfig, estimate_importance, prune_model, save_pruned_model
+from hf_minitron import ImportanceScores, PruningConfig, estimate_importance, prune_model, save_pruned_model
 from hf_minitron.layers import skipped_layers
 
 from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
@@ -74,3 +74,48 @@ def test_depth_and_width_together(tmp_path, input_ids):
     assert torch.equal(logits(reloaded, input_ids), expected)
     assert reloaded.model.layers[2].mlp.up_proj.weight.shape == (40, 36)
     assert reloaded.model.layers[2].self_attn.q_proj.weight.shape == (64, 36)
+
+
+def test_downstream_selection_picks_the_inert_block(tmp_path):
+    """Layers 2-3 of 6 are made inert; gold answers are the full model's own picks (100% accuracy).
+
+    Removing the inert block keeps every answer; removing any other block changes some.
+    """
+    from hf_minitron.evaluation import score_task
+
+    from helpers import char_tokenizer
+
+    model = tiny_model("llama", num_hidden_layers=6, seed=5)
+    with torch.no_grad():
+        for layer in model.model.layers[2:4]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    tokenizer = char_tokenizer()
+    docs = [
+        {"query": f"Item {i}: the answer is", "choices": [" red", " green", " blue", " gold"], "gold": 0}
+        for i in range(40)
+    ]
+    from hf_minitron.evaluation.tasks import loglikelihoods, requests_for
+
+    for doc in docs:  # gold := what the full model picks
+        scores = loglikelihoods(model, tokenizer, requests_for(doc))
+        doc["gold"] = max(range(4), key=scores.__getitem__)
+    assert score_task(model, tokenizer, docs, progress=False).acc == 1.0
+    scores = estimate_importance(
+        model,
+        tokenizer,
+        ["Some calibration text here. " * 8] * 4,
+        seq_len=32,
+        num_samples=4,
+        progress=False,
+        downstream_task=docs,
+        block_accuracy_sizes=[2],
+        block_lm_loss_sizes=[2],
+    )
+    accuracy = scores.block_accuracy[2]
+    assert accuracy[2] == 1.0 and sorted(accuracy.tolist())[-2] < 1.0
+    prune_model(model, PruningConfig(num_hidden_layers=4, layer_selection="downstream"), scores)
+    assert model.config.minitron_pruning["dropped_layers"] == [2, 3]
+    scores.save(tmp_path / "s")
+    assert (tmp_path / "s" / "block_removal.png").read_bytes()[:4] == b"\x89PNG"
+    assert ImportanceScores.load(tmp_path / "s").block_accuracy[2].tolist() == accuracy.tolist()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..data import check_text_source
 from ..importance import AGGREGATIONS, estimate_importance
-from ..importance.scores import PLOT_FILE
 from ..loading import load_model_and_tokenizer
 from ..outputs import atomic_output_dir, check_output_dir
 from .common import add_data_args, add_model_args, add_output_args, require
@@ -14,6 +13,19 @@ def add_importance_args(parser) -> None:
     group = parser.add_argument_group("importance")
     group.add_argument("--batch-agg", default="l2", choices=AGGREGATIONS, help="reduction over samples (default l2)")
     group.add_argument("--seq-agg", default="mean", choices=AGGREGATIONS, help="reduction over tokens (default mean)")
+    group.add_argument(
+        "--downstream-task",
+        default=None,
+        help="multiple-choice jsonl (e.g. Winogrande) scored with each block of layers removed",
+    )
+    group.add_argument("--downstream-limit", type=int, default=None, help="rows of the task to use")
+    group.add_argument(
+        "--accuracy-block-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="block sizes K for the downstream accuracy curves",
+    )
     group.add_argument(
         "--block-sizes",
         type=int,
@@ -46,6 +58,9 @@ def compute_scores(args, model, tokenizer):
         packing=args.packing,
         text_column=args.text_column,
         block_lm_loss_sizes=args.block_sizes,
+        downstream_task=args.downstream_task,
+        downstream_limit=args.downstream_limit,
+        block_accuracy_sizes=args.accuracy_block_sizes,
     )
 
 
@@ -59,7 +74,6 @@ def run(args) -> None:
     scores = compute_scores(args, model, tokenizer)
     with atomic_output_dir(args.output, args.overwrite) as staging:
         scores.save(staging)
-        scores.plot(staging / PLOT_FILE)
     order = scores.block_importance.argsort().tolist()
     print(f"Scores for {scores.metadata['model']} on {scores.metadata['num_tokens']} tokens saved to {args.output}")
     print(f"Layers from least to most important (block importance): {order}")
@@ -68,4 +82,10 @@ def run(args) -> None:
         print(
             f"Best block of {k} layers to drop by LM loss: {start}..{start + k - 1} "
             f"(loss {losses[start]:.3f}, unpruned {scores.base_lm_loss:.3f})"
+        )
+    for k, accuracy in sorted(scores.block_accuracy.items()):
+        start = int(accuracy.argmax())
+        print(
+            f"Best block of {k} layers to drop by {scores.metadata['downstream_task']} accuracy: "
+            f"{start}..{start + k - 1} (accuracy {accuracy[start]:.3f}, unpruned {scores.base_accuracy:.3f})"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..data import check_text_source
+from ..errors import MinitronError
 from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
 from ..outputs import check_output_dir
@@ -59,6 +60,12 @@ def run(args) -> None:
         block = source["num_hidden_layers"] - target["num_hidden_layers"]
         if config.layer_selection == "lm_loss" and block and block not in args.block_sizes:
             args.block_sizes = [*args.block_sizes, block]
+        if config.layer_selection == "downstream" and block:
+            if not args.downstream_task:
+                raise MinitronError(
+                    "layer_selection 'downstream' needs a task", fix="pass --downstream-task path/to/winogrande.jsonl"
+                )
+            args.accuracy_block_sizes = sorted({*args.accuracy_block_sizes, block})
         scores = compute_scores(args, model, tokenizer)
     before = model_shape(model)
     prune_model(model, config, scores)

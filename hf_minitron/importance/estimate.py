@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -10,12 +11,14 @@ from tqdm.auto import tqdm
 
 from ..data import CalibrationSet, build_calibration_set
 from ..errors import MinitronError
-from ..evaluation.perplexity import input_device, mean_lm_loss
+from ..evaluation.perplexity import input_device
+from ..evaluation.tasks import load_task
 from ..families import family_for, get_module
-from ..layers import decoder_layers, skipped_layers
+from ..layers import decoder_layers
 from ..loading import describe_source
 from ..shapes import config_head_dim
 from .aggregation import SampleAccumulator, check_aggregation, reduce_sequence
+from .depth import measure_block_accuracy, measure_block_lm_loss
 from .scores import ImportanceScores
 
 
@@ -98,25 +101,8 @@ class _ActivationRecorder:
         return hook
 
 
-@torch.no_grad()
-def measure_block_lm_loss(
-    model, calibration_data: CalibrationSet, sizes, batch_size: int = 8, progress: bool = True
-) -> tuple[float | None, dict[int, torch.Tensor]]:
-    """LM loss with each contiguous block of k layers skipped, for each k in ``sizes``.
-
-    Returns (loss of the whole model, {k: [loss with layers i..i+k-1 skipped for each i]}).
-    Layers are skipped by running the model without them, so no weight is copied.
-    """
-    if not sizes:
-        return None, {}
-    base_loss = mean_lm_loss(model, calibration_data, batch_size)
-    num_layers = len(decoder_layers(model))
-    runs = [(k, start) for k in sizes for start in range(num_layers - k + 1)]
-    losses: dict[int, list[float]] = {k: [] for k in sizes}
-    for k, start in tqdm(runs, desc="LM loss per skipped block", disable=not progress):
-        with skipped_layers(model, range(start, start + k)):
-            losses[k].append(mean_lm_loss(model, calibration_data, batch_size))
-    return base_loss, {k: torch.tensor(v) for k, v in losses.items()}
+def _task_name(task) -> str:
+    return "in-memory rows" if isinstance(task, list) else Path(task).stem
 
 
 @torch.no_grad()
@@ -133,6 +119,9 @@ def estimate_importance(
     packing: bool = True,
     text_column: str | None = None,
     block_lm_loss_sizes: tuple[int, ...] | list[int] = (),
+    downstream_task=None,
+    downstream_limit: int | None = None,
+    block_accuracy_sizes: tuple[int, ...] | list[int] = (),
     progress: bool = True,
 ) -> ImportanceScores:
     """Score every head, MLP neuron, embedding channel and layer of ``model``.
@@ -140,7 +129,9 @@ def estimate_importance(
     One forward pass over the calibration data records all width axes and the block
     importance of each layer. ``block_lm_loss_sizes`` adds, for each block size k, the
     LM loss with every contiguous block of k layers skipped (one more pass per block,
-    no model copies), which the ``lm_loss`` layer selection uses.
+    no model copies), which the ``lm_loss`` layer selection uses. ``downstream_task`` (a local
+    multiple-choice jsonl file, e.g. Winogrande, or its rows) with ``block_accuracy_sizes`` adds
+    the task accuracy with every contiguous block skipped, for the ``downstream`` selection.
 
     ``calibration_data`` is anything ``hf_minitron.data.iter_texts`` reads (a list of
     strings, a ``datasets`` object, a file or folder, a Hub dataset id, built-in text),
@@ -151,12 +142,20 @@ def estimate_importance(
     check_aggregation(seq_aggregation, "sequence")
     num_layers = len(decoder_layers(model))
     sizes = sorted(set(int(k) for k in block_lm_loss_sizes))
-    bad = [k for k in sizes if not 0 < k < num_layers]
+    accuracy_sizes = sorted(set(int(k) for k in block_accuracy_sizes))
+    bad = [k for k in sizes + accuracy_sizes if not 0 < k < num_layers]
     if bad:
         raise MinitronError(
             f"Block sizes {bad} are impossible for a model of {num_layers} layers",
             fix=f"use sizes between 1 and {num_layers - 1}",
         )
+    if accuracy_sizes and downstream_task is None:
+        raise MinitronError("block_accuracy_sizes needs a downstream_task", fix="pass a multiple-choice jsonl file")
+    docs = None
+    if downstream_task is not None:
+        if tokenizer is None:
+            raise MinitronError("A tokenizer is needed to score the downstream task", fix="pass tokenizer=...")
+        docs = downstream_task if isinstance(downstream_task, list) else load_task(downstream_task, downstream_limit)
     if not isinstance(calibration_data, CalibrationSet):
         if tokenizer is None:
             raise MinitronError("A tokenizer is needed to tokenize the calibration text", fix="pass tokenizer=...")
@@ -188,6 +187,7 @@ def estimate_importance(
         recorder.detach()
 
     base_loss, block_losses = measure_block_lm_loss(model, calibration_data, sizes, batch_size, progress)
+    base_accuracy, block_accuracy = measure_block_accuracy(model, tokenizer, docs, accuracy_sizes, progress=progress)
     model.train(was_training)
 
     channels = torch.stack([sum(acc.result(batch_aggregation) for acc in slots) for slots in recorder.channels])
@@ -199,7 +199,10 @@ def estimate_importance(
         block_importance=(1 - recorder.cos_sum / recorder.token_count.clamp_min(1)).float(),
         block_lm_loss=block_losses,
         base_lm_loss=base_loss,
+        block_accuracy=block_accuracy,
+        base_accuracy=base_accuracy,
         metadata={
+            "downstream_task": _task_name(downstream_task) if accuracy_sizes else None,
             "model": describe_source(getattr(model.config, "_name_or_path", "") or ""),
             "data": calibration_data.description,
             "batch_aggregation": batch_aggregation,

@@ -16,6 +16,7 @@ from ..outputs import write_text_atomically
 TENSORS_FILE = "importance.safetensors"
 METADATA_FILE = "importance.json"
 PLOT_FILE = "importance.png"
+BLOCK_PLOT_FILE = "block_removal.png"
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ImportanceScores:
     channels           [hidden]                ``channels_per_layer`` summed over layers
     block_importance   [layers]                1 − mean cos(layer input, layer output)
     block_lm_loss      {k: [layers − k + 1]}   LM loss with layers i..i+k−1 skipped
+    block_accuracy     {k: [layers − k + 1]}   downstream task accuracy with layers i..i+k−1 skipped
     """
 
     heads: torch.Tensor
@@ -36,6 +38,8 @@ class ImportanceScores:
     block_importance: torch.Tensor
     block_lm_loss: dict[int, torch.Tensor] = field(default_factory=dict)
     base_lm_loss: float | None = None
+    block_accuracy: dict[int, torch.Tensor] = field(default_factory=dict)
+    base_accuracy: float | None = None
     metadata: dict = field(default_factory=dict)
 
     @property
@@ -63,7 +67,8 @@ class ImportanceScores:
                 "recompute them on this model with estimate_importance / `hf-minitron importance`",
             )
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, plots: bool = True) -> Path:
+        """Scores (safetensors) and metadata (JSON), plus the importance and block-removal plots."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {
@@ -72,12 +77,18 @@ class ImportanceScores:
             "channels_per_layer": self.channels_per_layer,
             "block_importance": self.block_importance,
             **{f"block_lm_loss.{k}": v for k, v in self.block_lm_loss.items()},
+            **{f"block_accuracy.{k}": v for k, v in self.block_accuracy.items()},
         }
         temporary = directory / f".{TENSORS_FILE}.partial"
         save_file({k: v.contiguous().float().cpu() for k, v in tensors.items()}, str(temporary))
         os.replace(temporary, directory / TENSORS_FILE)
-        meta = {**self.metadata, "base_lm_loss": self.base_lm_loss, "block_sizes": sorted(self.block_lm_loss)}
+        meta = {**self.metadata, "base_lm_loss": self.base_lm_loss, "base_accuracy": self.base_accuracy}
         write_text_atomically(directory / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
+        if plots:
+            from ..plots import plot_block_removal
+
+            self.plot(directory / PLOT_FILE)
+            plot_block_removal(self, directory / BLOCK_PLOT_FILE)
         return directory
 
     @classmethod
@@ -92,59 +103,25 @@ class ImportanceScores:
             )
         tensors = load_file(str(tensors_path))
         meta = json.loads(meta_path.read_text())
-        blocks = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("block_lm_loss.")}
-        base = meta.pop("base_lm_loss", None)
-        meta.pop("block_sizes", None)
+
+        def blocks(prefix):
+            return {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+        base, base_accuracy = meta.pop("base_lm_loss", None), meta.pop("base_accuracy", None)
         return cls(
             heads=tensors["heads"],
             neurons=tensors["neurons"],
             channels_per_layer=tensors["channels_per_layer"],
             block_importance=tensors["block_importance"],
-            block_lm_loss=blocks,
+            block_lm_loss=blocks("block_lm_loss"),
             base_lm_loss=base,
+            block_accuracy=blocks("block_accuracy"),
+            base_accuracy=base_accuracy,
             metadata=meta,
         )
 
     def plot(self, path: str | os.PathLike) -> Path:
-        """PNG of per-layer importance: block importance, and the spread of head / neuron scores."""
-        import matplotlib
+        """PNG of per-layer importance (see ``hf_minitron.plots``)."""
+        from ..plots import plot_importance
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        layers = list(range(self.num_layers))
-        panels = 3 + bool(self.block_lm_loss)
-        fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=False)
-        axes[0].bar(layers, self.block_importance.tolist(), color="tab:blue")
-        axes[0].set_ylabel("block importance\n1 − cos(in, out)")
-        for ax, values, label in ((axes[1], self.heads, "head score"), (axes[2], self.neurons, "neuron score")):
-            ax.plot(layers, values.mean(1).tolist(), label="mean", color="tab:orange")
-            ax.fill_between(
-                layers,
-                values.min(1).values.tolist(),
-                values.max(1).values.tolist(),
-                alpha=0.25,
-                color="tab:orange",
-                label="min–max",
-            )
-            ax.set_ylabel(label)
-            ax.set_yscale("log")  # a few outlier units dwarf the rest on a linear scale
-            ax.legend(loc="upper left", fontsize=8)
-        if self.block_lm_loss:
-            ax = axes[3]
-            for k, losses in sorted(self.block_lm_loss.items()):
-                ax.plot(range(len(losses)), losses.tolist(), marker="o", ms=3, label=f"{k} layers skipped")
-            if self.base_lm_loss is not None:
-                ax.axhline(self.base_lm_loss, color="gray", ls="--", lw=1, label="no layer skipped")
-            ax.set_ylabel("LM loss")
-            ax.set_xlabel("first skipped layer")
-            ax.legend(fontsize=8)
-        for ax in axes[:3]:
-            ax.set_xlabel("layer")
-        title = self.metadata.get("model", "")
-        fig.suptitle(f"Importance per layer {('— ' + title) if title else ''}".strip())
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return plot_importance(self, path)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import MinitronError
 from ..outputs import write_text_atomically
 
-LAYER_SELECTIONS = ("block_importance", "lm_loss", "explicit")
+LAYER_SELECTIONS = ("block_importance", "lm_loss", "downstream", "explicit")
 CONFIG_NAME = "pruning_config.json"
 WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
 
@@ -31,6 +31,8 @@ class PruningConfig:
             ``block_importance``: the layers with the lowest 1 − cos(input, output);
             ``lm_loss``: the one contiguous block whose removal hurts LM loss least (needs
             scores computed with ``block_lm_loss_sizes`` containing the block size);
+            ``downstream``: the one contiguous block whose removal keeps a downstream task's
+            accuracy highest (needs scores with ``downstream_task`` and ``block_accuracy_sizes``);
             ``explicit``: exactly ``layers_to_drop``.
         layers_to_drop: 0-based layer indices for ``explicit`` selection.
     Options:

@@ -33,5 +33,4 @@ def save_pruned_model(
             pruning_config.save_pretrained(staging)
         if scores is not None:
             scores.save(staging / IMPORTANCE_SUBFOLDER)
-            scores.plot(staging / IMPORTANCE_SUBFOLDER / "importance.png")
     return Path(output_dir)

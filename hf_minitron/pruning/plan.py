@@ -118,13 +118,18 @@ def _validate(source, target, config: PruningConfig, scores: ImportanceScores | 
                 f"dropping {len(set(drop))} of {num_layers} layers leaves {num_layers - len(set(drop))}, "
                 f"not num_hidden_layers={target['num_hidden_layers']}"
             )
-    if target["num_hidden_layers"] < num_layers and config.layer_selection == "lm_loss":
+    needs = {
+        "lm_loss": ("block_lm_loss", "block_lm_loss_sizes", "--block-sizes"),
+        "downstream": ("block_accuracy", "block_accuracy_sizes", "--accuracy-block-sizes"),
+    }
+    if target["num_hidden_layers"] < num_layers and config.layer_selection in needs:
         k = num_layers - target["num_hidden_layers"]
-        if scores is not None and k not in scores.block_lm_loss:
-            have = sorted(scores.block_lm_loss) or "none"
+        field_name, argument, flag = needs[config.layer_selection]
+        if scores is not None and k not in getattr(scores, field_name):
+            have = sorted(getattr(scores, field_name)) or "none"
             problems.append(
-                f"layer_selection 'lm_loss' needs block LM losses for blocks of {k} layers (the scores have {have}); "
-                f"estimate importance with block_lm_loss_sizes=[{k}] (--block-sizes {k})"
+                f"layer_selection '{config.layer_selection}' needs {field_name} for blocks of {k} layers (the "
+                f"scores have {have}); estimate importance with {argument}=[{k}] ({flag} {k})"
             )
     width_cut = any(
         target[k] < source[k]
@@ -162,6 +167,13 @@ def _choose_layers(config: PruningConfig, scores, num_layers: int, target_layers
         drop = set(config.layers_to_drop)
     elif config.layer_selection == "lm_loss":
         start = int(torch.argmin(scores.block_lm_loss[k]))
+        drop = set(range(start, start + k))
+    elif config.layer_selection == "downstream":
+        accuracy = scores.block_accuracy[k]
+        best = torch.nonzero(accuracy == accuracy.max()).flatten()
+        if k in scores.block_lm_loss and len(best) > 1:  # ties: the block whose removal hurts LM loss least
+            best = best[torch.argmin(scores.block_lm_loss[k][best])].unsqueeze(0)
+        start = int(best[0])
         drop = set(range(start, start + k))
     else:
         drop = set(torch.topk(scores.block_importance.float(), k, largest=False).indices.tolist())

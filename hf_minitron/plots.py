@@ -1,0 +1,109 @@
+"""PNG plots: per-layer importance, block-removal curves, and training curves (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_importance(scores, path: str | os.PathLike) -> Path:
+    """Block importance per layer, and the spread of head and neuron scores per layer."""
+    plt = _pyplot()
+    layers = list(range(scores.num_layers))
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7.8))
+    axes[0].bar(layers, scores.block_importance.tolist(), color="tab:blue")
+    axes[0].set_ylabel("block importance\n1 − cos(in, out)")
+    for ax, values, label in ((axes[1], scores.heads, "head score"), (axes[2], scores.neurons, "neuron score")):
+        ax.plot(layers, values.mean(1).tolist(), label="mean", color="tab:orange")
+        ax.fill_between(
+            layers,
+            values.min(1).values.tolist(),
+            values.max(1).values.tolist(),
+            alpha=0.25,
+            color="tab:orange",
+            label="min–max",
+        )
+        ax.set_ylabel(label)
+        ax.set_yscale("log")  # a few outlier units dwarf the rest on a linear scale
+        ax.legend(loc="upper left", fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("layer")
+    title = scores.metadata.get("model", "")
+    fig.suptitle(f"Importance per layer {('— ' + title) if title else ''}".strip())
+    return _save(fig, path)
+
+
+def plot_block_removal(scores, path: str | os.PathLike) -> Path | None:
+    """LM loss and downstream accuracy against the first skipped layer, one line per block size."""
+    panels = [
+        (name, curves, base)
+        for name, curves, base in (
+            ("LM loss", scores.block_lm_loss, scores.base_lm_loss),
+            (
+                f"accuracy ({scores.metadata.get('downstream_task') or 'task'})",
+                scores.block_accuracy,
+                scores.base_accuracy,
+            ),
+        )
+        if curves
+    ]
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
+    for ax, (name, curves, base) in zip(axes[:, 0], panels, strict=True):
+        for k, values in sorted(curves.items()):
+            ax.plot(range(len(values)), values.tolist(), marker="o", ms=3, label=f"{k} layers removed")
+        if base is not None:
+            ax.axhline(base, color="gray", ls="--", lw=1, label="no layer removed")
+        ax.set_ylabel(name)
+        ax.set_xlabel("first removed layer")
+        ax.xaxis.set_major_locator(_integer_ticks())
+        ax.legend(fontsize=8)
+    fig.suptitle("Removing one contiguous block of layers")
+    return _save(fig, path)
+
+
+def plot_training_curves(
+    log_history: list[dict],
+    path: str | os.PathLike,
+    keys: tuple[str, ...] = ("loss", "kl", "ce", "intermediate", "eval_loss", "eval_student_lm_loss"),
+) -> Path | None:
+    """Every logged loss component against the training step (from a Trainer's ``state.log_history``)."""
+    series = {key: [(h["step"], h[key]) for h in log_history if key in h and "step" in h] for key in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for key, points in series.items():
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="o" if len(points) < 30 else None, ms=3, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

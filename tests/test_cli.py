@@ -215,11 +215,31 @@ def test_prune_depth_by_downstream_task(workspace):
     import json
 
     task = workspace / "task.jsonl"
-    task.write_text("\n".join(json.dumps({"context_options": [f"Ann {i}", f"Bob {i}"], "continuation": "left.",
-                                          "gold": i % 2}) for i in range(8)))
-    args = ["prune", "--model", workspace / "model", "--data", workspace / "text.txt", "--num-samples", 4,
-            "--seq-len", 32, "--num-hidden-layers", 2, "--layer-selection", "downstream", "--downstream-task", task,
-            "--output", workspace / "deep"]
+    task.write_text(
+        "\n".join(
+            json.dumps({"context_options": [f"Ann {i}", f"Bob {i}"], "continuation": "left.", "gold": i % 2})
+            for i in range(8)
+        )
+    )
+    args = [
+        "prune",
+        "--model",
+        workspace / "model",
+        "--data",
+        workspace / "text.txt",
+        "--num-samples",
+        4,
+        "--seq-len",
+        32,
+        "--num-hidden-layers",
+        2,
+        "--layer-selection",
+        "downstream",
+        "--downstream-task",
+        task,
+        "--output",
+        workspace / "deep",
+    ]
     assert run(*args) == 0
     dropped = AutoModelForCausalLM.from_pretrained(workspace / "deep").config.minitron_pruning["dropped_layers"]
     assert len(dropped) == 2 and dropped[1] == dropped[0] + 1

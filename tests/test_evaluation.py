@@ -124,3 +124,33 @@ def test_real_teacher_is_above_chance(smollm2, record_measurement):
         "SmolLM2 teacher, first 80 rows: "
         + ", ".join(f"{n} acc {r.acc:.3f} / acc_norm {r.acc_norm:.3f}" for n, r in results.items())
     )
+
+
+def test_benchmark_command_reports_speedups(tmp_path, capsys):
+    save_tiny(tmp_path / "teacher", seed=1)
+    save_tiny(tmp_path / "student", seed=2, num_hidden_layers=2)
+    args = [
+        "benchmark",
+        "--model",
+        tmp_path / "teacher",
+        "--model",
+        tmp_path / "student",
+        "--prefill-batch",
+        2,
+        "--prefill-len",
+        32,
+        "--decode-batch",
+        1,
+        2,
+        "--new-tokens",
+        4,
+        "--repeats",
+        1,
+        "--output",
+        tmp_path / "t.json",
+    ]
+    assert main([str(a) for a in args]) == 0
+    results = json.loads((tmp_path / "t.json").read_text())
+    assert results["teacher"]["speedup"] == {"prefill": 1.0, "decode_b1": 1.0, "decode_b2": 1.0}
+    assert all(results["student"][t] > 0 for t in ("prefill", "decode_b1", "decode_b2"))
+    assert "prefill tok/s" in capsys.readouterr().out

@@ -6,10 +6,16 @@ import argparse
 import sys
 
 from ..errors import MinitronError
-from . import demo, evaluate, importance, prune, training
+from . import benchmark, demo, evaluate, importance, prune, training
 from .common import parse_with_config
 
-COMMANDS = {"demo": demo, "importance": importance, "prune": prune, "eval": evaluate}
+COMMANDS = {
+    "demo": demo,
+    "importance": importance,
+    "prune": prune,
+    "eval": evaluate,
+    "benchmark": benchmark,
+}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

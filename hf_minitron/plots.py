@@ -107,3 +107,22 @@ def plot_training_curves(
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_search(results: list[dict], path: str | os.PathLike) -> Path | None:
+    """Eval LM loss of each searched candidate against its parameter count; the winner highlighted."""
+    if not results:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    params = [r["params"] / 1e6 for r in results]
+    losses = [r["eval_lm_loss"] for r in results]
+    ax.scatter(params, losses, color="tab:blue")
+    best = min(range(len(results)), key=losses.__getitem__)
+    ax.scatter([params[best]], [losses[best]], color="tab:red", s=80, label=f"winner: {results[best]['name']}")
+    for r, x, y in zip(results, params, losses, strict=True):
+        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("eval LM loss after light distillation")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

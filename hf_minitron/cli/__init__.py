@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import MinitronError
-from . import benchmark, demo, evaluate, importance, prune, training
+from . import benchmark, demo, evaluate, importance, prune, search, training
 from .common import parse_with_config
 
 COMMANDS = {
@@ -15,6 +15,7 @@ COMMANDS = {
     "prune": prune,
     "eval": evaluate,
     "benchmark": benchmark,
+    "search": search,
 }
 
 

@@ -143,7 +143,8 @@ def load_model(
         location, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, **gguf_kwargs, **kwargs
     )
     mark_dequantized(model)
-    model.config._name_or_path = describe_source(name_or_path)
+    model.config._name_or_path = describe_source(name_or_path)  # publishable: no local path
+    model.minitron_source = name_or_path  # loadable: where the tokenizer and a fresh copy come from
     model.eval()
     return model
 

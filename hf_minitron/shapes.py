@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .families import family_for, get_module
+from .tables import format_table
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,4 @@ def comparison_table(columns: dict[str, ModelShape], extra_rows: dict[str, dict[
         rows.append(row)
     for label, values in (extra_rows or {}).items():
         rows.append([label, *(values.get(name, "-") for name in names)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(rows)

@@ -23,6 +23,7 @@ def test_builtin_teacher_loads_dequantized_and_saveable(smollm2):
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert not model.is_quantized and not hasattr(model.config, "quantization_config")
     assert model.config._name_or_path == BUILTIN_MODELS["smollm2-135m"]["hub_id"]
+    assert model.minitron_source == "builtin:smollm2-135m"  # what the trainer loads the tokenizer from
     folder, gguf = resolve_model_location("builtin:smollm2-135m")
     assert resolve_model_location(str(Path(folder) / gguf)) == (folder, gguf)
     assert resolve_model_location(folder) == (folder, gguf)  # a folder holding one .gguf

@@ -64,19 +64,27 @@ def _datasets(script: ScriptArguments, run: RunArguments):
     return train, evaluation
 
 
-def run_distill(argv: list[str]) -> None:
-    from ..distillation import DistillationConfig, DistillationTrainer
-
-    parser = TrlParser((DistillationConfig, ScriptArguments, ModelConfig, RunArguments))
+def _prepare(argv, config_class, role: str, export_name: str):
+    """Parse, check everything that can fail early, load the data and the model being trained."""
+    parser = TrlParser((config_class, ScriptArguments, ModelConfig, RunArguments))
     args, script, model_args, run = parser.parse_args_and_config(argv)
     if not model_args.model_name_or_path:
-        raise MinitronError("No student given", fix="pass --model_name_or_path (the pruned student)")
+        raise MinitronError(f"No {role} given", fix=f"pass --model_name_or_path (the {role})")
     resume = _resume_point(args, run)
-    export_dir = Path(run.export_dir or Path(args.output_dir) / "student")
+    export_dir = Path(run.export_dir or Path(args.output_dir) / export_name)
     if resume is None:
         check_output_dir(export_dir, run.overwrite)
     train, evaluation = _datasets(script, run)
-    student = load_model(model_args.model_name_or_path, dtype=model_args.dtype or "float32")
+    model = load_model(model_args.model_name_or_path, dtype=model_args.dtype or "float32")
+    return args, model_args, run, resume, export_dir, train, evaluation, model
+
+
+def run_distill(argv: list[str]) -> None:
+    from ..distillation import DistillationConfig, DistillationTrainer
+
+    args, model_args, run, resume, export_dir, train, evaluation, student = _prepare(
+        argv, DistillationConfig, "student", "student"
+    )
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=train, eval_dataset=evaluation, peft_config=get_peft_config(model_args)
     )
@@ -89,16 +97,9 @@ def run_distill(argv: list[str]) -> None:
 def run_correct_teacher(argv: list[str]) -> None:
     from ..distillation.teacher_correction import TeacherCorrectionConfig, correct_teacher
 
-    parser = TrlParser((TeacherCorrectionConfig, ScriptArguments, ModelConfig, RunArguments))
-    args, script, model_args, run = parser.parse_args_and_config(argv)
-    if not model_args.model_name_or_path:
-        raise MinitronError("No teacher given", fix="pass --model_name_or_path (the teacher to correct)")
-    resume = _resume_point(args, run)
-    export_dir = Path(run.export_dir or Path(args.output_dir) / "corrected-teacher")
-    if resume is None:
-        check_output_dir(export_dir, run.overwrite)
-    train, evaluation = _datasets(script, run)
-    teacher = load_model(model_args.model_name_or_path, dtype=model_args.dtype or "float32")
+    args, model_args, _, resume, export_dir, train, evaluation, teacher = _prepare(
+        argv, TeacherCorrectionConfig, "teacher", "corrected-teacher"
+    )
     folder = correct_teacher(
         teacher,
         train,

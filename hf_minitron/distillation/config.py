@@ -12,6 +12,12 @@ from ..errors import MinitronError
 from .losses import DIVERGENCES, INTERMEDIATE_LOSSES
 
 
+def gpu_bf16_default(config) -> None:
+    """bf16 only where a GPU can run it; TRL's configs would otherwise switch it on everywhere."""
+    if config.bf16 is None and not config.fp16:
+        config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 @dataclass
 class DistillationConfig(SFTConfig):
     r"""Configuration for [`DistillationTrainer`]: every `SFTConfig` / `TrainingArguments` option, plus:
@@ -22,6 +28,9 @@ class DistillationConfig(SFTConfig):
         (Hub id, folder, `.gguf` file or `builtin:NAME`).
     teacher_model_init_kwargs (`dict` or `str`, *optional*): keyword arguments for loading the teacher, e.g.
         `{"dtype": "bfloat16"}`; the teacher is frozen and kept in eval mode either way.
+
+    Unlike `SFTConfig`, `packing_strategy` defaults to `"bfd_split"`: with `packing=True`, text beyond
+    `max_length` becomes further sequences instead of being cut off.
 
     > Logit loss
 
@@ -47,6 +56,12 @@ class DistillationConfig(SFTConfig):
         the previous optimizer step, a detached scale), or a number for a fixed α. Total: L_logits + α·L_is.
     """
 
+    # Distillation text is often long documents: split what overflows max_length instead of dropping it.
+    packing_strategy: str = field(
+        default="bfd_split",
+        metadata={"help": "bfd_split (default here: overflow becomes more sequences), bfd (truncates) or wrapped.",
+                  "choices": ["bfd", "bfd_split", "wrapped"]},
+    )
     teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Teacher to load."})
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Keyword arguments for loading the teacher, e.g. {'dtype': 'bfloat16'}."}
@@ -66,9 +81,7 @@ class DistillationConfig(SFTConfig):
     intermediate_alpha: str = field(default="dynamic", metadata={"help": "'dynamic' or a fixed number."})
 
     def __post_init__(self):
-        # bf16 only where a GPU can run it; TRL would otherwise switch it on everywhere.
-        if self.bf16 is None and not self.fp16:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        gpu_bf16_default(self)
         super().__post_init__()
         problems = []
         if self.divergence not in DIVERGENCES:

@@ -12,12 +12,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from trl import SFTConfig, SFTTrainer
 
 from ..errors import MinitronError
 from ..loading import load_model
 from ..outputs import atomic_output_dir
+from .config import gpu_bf16_default
 
 
 @dataclass
@@ -37,8 +37,7 @@ class TeacherCorrectionConfig(SFTConfig):
                 "Minitron uses 1/5 of the teacher's original peak learning rate, which a checkpoint does not record",
                 "pass --learning_rate (e.g. 6e-5 for Llama-3.1-8B, whose peak was 3e-4)",
             )
-        if self.bf16 is None and not self.fp16:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        gpu_bf16_default(self)
         super().__post_init__()
 
 

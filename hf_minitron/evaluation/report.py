@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ..tables import format_table
 from .perplexity import perplexity
 from .tasks import load_task, score_task
 
@@ -68,10 +69,4 @@ def results_table(results: dict[str, dict]) -> str:
                 text += f" ({delta:+.2f})" if label == "perplexity" else f" ({100 * delta:+.1f})"
             cells.append(text)
         table.append(cells)
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in table
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(table)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..tables import format_table
 from .perplexity import input_device
 
 
@@ -99,10 +100,4 @@ def throughput_table(results: dict) -> str:
     rows = [header]
     for name, by_test in results.items():
         rows.append([name, *(f"{by_test[t]:.0f} ({by_test['speedup'][t]:.2f}×)" for t in tests)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(rows)

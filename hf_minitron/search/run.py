@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..distillation import DistillationConfig, DistillationTrainer
 from ..evaluation.tasks import load_task, score_task
 from ..pruning import prune_model
+from ..tables import format_table
 from .candidates import Candidate
 
 RESULTS_FILE = "search_results.jsonl"
@@ -139,7 +140,4 @@ def search_table(results: list[dict]) -> str:
         if has_task:
             row.append(f"{100 * r['task_acc']:.1f}" if "task_acc" in r else "-")
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(rows)

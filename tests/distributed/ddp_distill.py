@@ -4,6 +4,7 @@ The global batch is 4 in both cases (4 × 1 process or 2 × 2 processes); the fi
 are written to OUT (rank 0) so the test can compare the two runs.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ TEXTS = [("The quick brown fox jumps over the lazy dog. " * 3)[: 30 + 7 * i] for
 
 
 def main(out: str, intermediate: bool) -> None:
-    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     teacher = tiny_model("llama", seed=3)
     student = tiny_model("llama", seed=4, num_hidden_layers=2, hidden_size=36)
     args = DistillationConfig(
@@ -53,6 +54,11 @@ def main(out: str, intermediate: bool) -> None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items() if "lm_head" not in k}, out)
         print(f"world {world}: distributed={trainer.accelerator.distributed_type} loss={trainer.state.log_history[0]}")
+    sys.stdout.flush()
+    if world > 1:
+        trainer.accelerator.wait_for_everyone()
+        # Results are written: leave without interpreter teardown, where gloo's threads can abort the process.
+        os._exit(0)
 
 
 if __name__ == "__main__":

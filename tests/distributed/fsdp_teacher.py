@@ -1,6 +1,7 @@
 """Run with 2 processes (torchrun, gloo on CPU): a teacher sharded with FSDP2's fully_shard gives the
 same logits, hidden states and LM-head weight through the distillation forward as the unsharded one."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -42,9 +43,12 @@ def main() -> None:
         torch.testing.assert_close(outputs.states[layer], expected.states[layer], rtol=1e-5, atol=1e-5)
     print(
         f"rank {rank}: sharded teacher matches (local shard {local} of "
-        f"{reference.model.layers[0].mlp.up_proj.weight.numel()} elements)"
+        f"{reference.model.layers[0].mlp.up_proj.weight.numel()} elements)",
+        flush=True,
     )
-    dist.destroy_process_group()
+    dist.barrier()
+    # Every check is done: leave without interpreter teardown, where gloo's threads can abort the process.
+    os._exit(0)
 
 
 if __name__ == "__main__":

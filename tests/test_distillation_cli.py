@@ -57,6 +57,7 @@ def test_distill_from_yaml_with_flag_override_and_resume(workspace, capsys):
     logged = [h for h in state["log_history"] if "kl" in h and "eval_kl" not in h]
     assert len(logged) == 4 and all(h["alpha"] > 0 for h in logged)
     assert any("eval_lm_loss_gap" in h for h in state["log_history"])
+    assert (workspace / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     lines = (workspace / "run" / "distillation_log.jsonl").read_text().splitlines()
     assert "tokens_per_second" in json.loads(lines[-1])
     # Same folder again: refused unless resuming; resuming the finished run from step 2 re-creates step 4.

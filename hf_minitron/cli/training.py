@@ -91,7 +91,12 @@ def run_distill(argv: list[str]) -> None:
     trainer.train(resume_from_checkpoint=resume)
     trainer.export_student(export_dir, overwrite=run.overwrite or resume is not None)  # collective under FSDP
     if trainer.accelerator.is_main_process:
+        from ..plots import plot_training_curves
+
+        curves = plot_training_curves(trainer.state.log_history, Path(args.output_dir) / "training_curves.png")
         print(f"Distilled student saved to {export_dir} (loads with AutoModelForCausalLM.from_pretrained)")
+        if curves:
+            print(f"Loss curves: {curves}")
 
 
 def run_correct_teacher(argv: list[str]) -> None:

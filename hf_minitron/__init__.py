@@ -10,6 +10,25 @@ from .shapes import model_shape
 
 __version__ = "0.1.0"
 
+# Distillation, evaluation and search pull in TRL and friends: load them on first use only.
+_LAZY = {
+    "DistillationConfig": "hf_minitron.distillation",
+    "DistillationTrainer": "hf_minitron.distillation",
+    "evaluate_model": "hf_minitron.evaluation",
+    "perplexity": "hf_minitron.evaluation",
+    "architecture_search": "hf_minitron.search",
+    "enumerate_candidates": "hf_minitron.search",
+    "magnitude_importance": "hf_minitron.importance",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hf_minitron' has no attribute {name!r}")
+
 __all__ = [
     "FAMILIES",
     "CalibrationSet",
@@ -26,4 +45,5 @@ __all__ = [
     "model_shape",
     "prune_model",
     "save_pruned_model",
+    *_LAZY,
 ]

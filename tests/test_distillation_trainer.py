@@ -295,3 +295,14 @@ def test_trainer_loss_equals_a_full_logits_reference_on_completion_only_data(tmp
             cos_terms.append((1 - F.cosine_similarity(s_state, t_state, dim=-1)).sum() / mask.sum())
         expected = kl + 0.25 * sum(cos_terms) / 2
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_public_api_names():
+    import hf_minitron
+
+    assert hf_minitron.DistillationConfig is DistillationConfig
+    assert hf_minitron.DistillationTrainer is DistillationTrainer
+    from hf_minitron import evaluate_model, magnitude_importance  # noqa: F401
+
+    with pytest.raises(AttributeError):
+        hf_minitron.NotAThing  # noqa: B018

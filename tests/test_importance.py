@@ -163,3 +163,21 @@ def test_dispatched_model_with_offloaded_layers_gives_the_same_scores(tmp_path):
         torch.testing.assert_close(getattr(scores, name), getattr(reference, name), rtol=1e-5, atol=1e-5)
     with pytest.raises(MinitronError, match="offloaded"):
         prune_model(dispatched, PruningConfig(intermediate_size=40), scores)
+
+
+def test_magnitude_baseline_scores_zeroed_units_lowest():
+    from hf_minitron.importance import magnitude_importance
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        layer = model.model.layers[1]
+        layer.mlp.gate_proj.weight[7] = 0
+        layer.mlp.up_proj.weight[7] = 0
+        layer.mlp.down_proj.weight[:, 7] = 0
+        layer.self_attn.q_proj.weight[16:32] = 0
+        layer.self_attn.o_proj.weight[:, 16:32] = 0
+    scores = magnitude_importance(model)
+    assert int(scores.neurons[1].argmin()) == 7 and scores.neurons[1, 7] == 0
+    assert int(scores.heads[1].argmin()) == 1 and scores.heads[1, 1] == 0
+    pruned = prune_model(model, PruningConfig(hidden_size=36, intermediate_size=40), scores)
+    assert pruned.config.hidden_size == 36

@@ -154,3 +154,27 @@ def test_benchmark_command_reports_speedups(tmp_path, capsys):
     assert results["teacher"]["speedup"] == {"prefill": 1.0, "decode_b1": 1.0, "decode_b2": 1.0}
     assert all(results["student"][t] > 0 for t in ("prefill", "decode_b1", "decode_b2"))
     assert "prefill tok/s" in capsys.readouterr().out
+
+
+def test_lm_eval_harness_agrees_with_our_scorer_on_a_local_task(tmp_path):
+    """A task defined in local YAML over local rows: lm-eval's acc equals ours on the same model."""
+    from hf_minitron.evaluation import evaluate_with_lm_eval
+
+    rows = [
+        {"query": f"Question {i}: which word fits?", "choices": ["apple", "stone", "river"], "gold": i % 3}
+        for i in range(12)
+    ]
+    data = tmp_path / "toy.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "toy_choice.yaml").write_text(
+        "task: toy_choice\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{query}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{gold}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    model, tokenizer = tiny_model("llama"), char_tokenizer()
+    harness = evaluate_with_lm_eval(model, tokenizer, ["toy_choice"], include_path=str(tmp_path), batch_size=4)
+    ours = score_task(model, tokenizer, rows, progress=False)
+    assert harness["toy_choice"]["acc"] == pytest.approx(ours.acc)
+    with pytest.raises(MinitronError, match="could not run"):
+        evaluate_with_lm_eval(model, tokenizer, ["no_such_task_anywhere"])

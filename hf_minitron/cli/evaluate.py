@@ -20,6 +20,14 @@ def register(subparsers):
         help="model to evaluate (repeat: the first is the reference, e.g. the teacher)",
     )
     parser.add_argument("--task", action="append", default=[], help="NAME=path/to/task.jsonl (repeatable)")
+    parser.add_argument(
+        "--lm-eval-task",
+        action="append",
+        default=[],
+        help="an lm-evaluation-harness task (repeatable; needs the lm-eval extra)",
+    )
+    parser.add_argument("--lm-eval-include", default=None, help="folder of local lm-eval task YAML files")
+    parser.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples for lm-eval tasks")
     parser.add_argument("--perplexity-data", default=None, help="text for perplexity (id, file, builtin:...)")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many rows per task")
     parser.add_argument("--seq-len", type=int, default=512)
@@ -48,8 +56,8 @@ def run(args) -> None:
     if not args.model:
         raise MinitronError("No model to evaluate", fix="pass --model (repeat it to compare models)")
     tasks = parse_tasks(args.task)
-    if not tasks and not args.perplexity_data:
-        raise MinitronError("Nothing to evaluate", fix="pass --task NAME=PATH and/or --perplexity-data")
+    if not tasks and not args.perplexity_data and not args.lm_eval_task:
+        raise MinitronError("Nothing to evaluate", fix="pass --task NAME=PATH, --lm-eval-task or --perplexity-data")
     if args.output:
         check_output_dir(args.output, args.overwrite)
     from ..evaluation.tasks import load_task
@@ -70,6 +78,18 @@ def run(args) -> None:
             max_tokens=args.max_tokens,
             batch_size=args.batch_size,
         )
+        if args.lm_eval_task:
+            from ..evaluation import evaluate_with_lm_eval
+
+            results[label]["lm_eval"] = evaluate_with_lm_eval(
+                model,
+                tokenizer,
+                args.lm_eval_task,
+                num_fewshot=args.num_fewshot,
+                limit=args.limit,
+                batch_size=args.batch_size,
+                include_path=args.lm_eval_include,
+            )
         del model
     print(results_table(results))
     if args.output:

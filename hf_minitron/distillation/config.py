@@ -59,8 +59,10 @@ class DistillationConfig(SFTConfig):
     # Distillation text is often long documents: split what overflows max_length instead of dropping it.
     packing_strategy: str = field(
         default="bfd_split",
-        metadata={"help": "bfd_split (default here: overflow becomes more sequences), bfd (truncates) or wrapped.",
-                  "choices": ["bfd", "bfd_split", "wrapped"]},
+        metadata={
+            "help": "bfd_split (default here: overflow becomes more sequences), bfd (truncates) or wrapped.",
+            "choices": ["bfd", "bfd_split", "wrapped"],
+        },
     )
     teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Teacher to load."})
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(

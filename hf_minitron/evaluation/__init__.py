@@ -1,5 +1,6 @@
 """Evaluation: perplexity, zero-shot multiple-choice tasks, and reports comparing models."""
 
+from .harness import evaluate_with_lm_eval
 from .perplexity import PerplexityResult, mean_lm_loss, perplexity, row_logprobs, token_nll
 from .report import evaluate_model, results_table
 from .tasks import Request, TaskResult, load_task, loglikelihoods, score_task
@@ -9,6 +10,7 @@ __all__ = [
     "Request",
     "TaskResult",
     "evaluate_model",
+    "evaluate_with_lm_eval",
     "load_task",
     "loglikelihoods",
     "mean_lm_loss",

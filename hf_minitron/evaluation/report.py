@@ -54,6 +54,12 @@ def results_table(results: dict[str, dict]) -> str:
             values = [r.get("tasks", {}).get(task, {}).get(metric) for r in results.values()]
             if any(v is not None for v in values):
                 rows.append((f"{task} {metric}", values))
+    harness_tasks = sorted({t for r in results.values() for t in r.get("lm_eval", {})})
+    for task in harness_tasks:
+        for metric in ("acc", "acc_norm"):
+            values = [r.get("lm_eval", {}).get(task, {}).get(metric) for r in results.values()]
+            if any(v is not None for v in values):
+                rows.append((f"{task} {metric} (lm-eval)", values))
     if any("task_mean_acc" in r for r in results.values()):
         rows.append(("mean task acc", [r.get("task_mean_acc") for r in results.values()]))
     table = [["metric", *names]]

@@ -24,12 +24,16 @@ def magnitude_importance(model) -> ImportanceScores:
         q = attention.q_proj.weight.float().unflatten(0, (-1, head_dim)).norm(dim=(1, 2))
         o = attention.o_proj.weight.float().unflatten(1, (-1, head_dim)).norm(dim=(0, 2))
         heads.append(q + o)
-        neurons.append(mlp.gate_proj.weight.float().norm(dim=1) + mlp.up_proj.weight.float().norm(dim=1)
-                       + mlp.down_proj.weight.float().norm(dim=0))
+        neurons.append(
+            mlp.gate_proj.weight.float().norm(dim=1)
+            + mlp.up_proj.weight.float().norm(dim=1)
+            + mlp.down_proj.weight.float().norm(dim=0)
+        )
         reads = [attention.q_proj, attention.k_proj, attention.v_proj, mlp.gate_proj, mlp.up_proj]
         writes = [attention.o_proj, mlp.down_proj]
-        channels.append(sum(m.weight.float().norm(dim=0) for m in reads) + sum(m.weight.float().norm(dim=1)
-                                                                                for m in writes))
+        channels.append(
+            sum(m.weight.float().norm(dim=0) for m in reads) + sum(m.weight.float().norm(dim=1) for m in writes)
+        )
     channels_per_layer = torch.stack(channels)
     channels_per_layer[0] += model.get_input_embeddings().weight.float().norm(dim=0)
     return ImportanceScores(

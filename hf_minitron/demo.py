@@ -104,5 +104,5 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
         if layers:
             print(f"{name} dropped layers {layers}")
     print("The students are pruned only, not yet distilled: perplexity recovers with distillation.")
-    print(f"Students, scores and plot in {Path(settings.output_dir).resolve()} ({summary['seconds']} s)")
+    print(f"Students, scores and plots in {Path(settings.output_dir).resolve()} ({summary['seconds']} s)")
     return summary

@@ -73,9 +73,6 @@ class ModelFamily:
     embeddings: str = "model.embed_tokens"
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
-    # Inside one decoder layer.
-    attention: str = "self_attn"
-    mlp: str = "mlp"
     # Hook points for importance: the input of these projections is the per-head
     # attention output and the per-neuron MLP activation (after the gated activation).
     head_activation_input: str = "self_attn.o_proj"

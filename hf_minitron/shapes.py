@@ -35,10 +35,8 @@ def embedding_params(model: torch.nn.Module) -> int:
     family = family_for(model)
     embed = get_module(model, family.embeddings).weight
     head = get_module(model, family.lm_head).weight
-    count = embed.numel()
-    if head.data_ptr() != embed.data_ptr():
-        count += head.numel()
-    return count
+    # Tied weights are one Parameter object (also on the meta device, where data pointers are all 0).
+    return embed.numel() + (0 if head is embed else head.numel())
 
 
 def model_shape(model: torch.nn.Module) -> ModelShape:

@@ -8,6 +8,7 @@ from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
 from ..outputs import check_output_dir
 from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
+from ..pruning.plan import needed_block_measurement
 from ..shapes import comparison_table, model_shape
 from .common import add_data_args, add_model_args, add_output_args, require
 from .importance import add_importance_args, compute_scores
@@ -55,17 +56,17 @@ def run(args) -> None:
     model, tokenizer = load_model_and_tokenizer(
         args.model, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code
     )
-    source, target = check_pruning_config(model, config, scores)  # before any long computation
+    source, _ = check_pruning_config(model, config, scores)  # before any long computation
     if scores is None:
-        block = source["num_hidden_layers"] - target["num_hidden_layers"]
-        if config.layer_selection == "lm_loss" and block and block not in args.block_sizes:
-            args.block_sizes = [*args.block_sizes, block]
-        if config.layer_selection == "downstream" and block:
-            if not args.downstream_task:
+        needed = needed_block_measurement(source["num_hidden_layers"], config)
+        if needed is not None:
+            argument, block = needed
+            if argument == "block_accuracy_sizes" and not args.downstream_task:
                 raise MinitronError(
                     "layer_selection 'downstream' needs a task", fix="pass --downstream-task path/to/winogrande.jsonl"
                 )
-            args.accuracy_block_sizes = sorted({*args.accuracy_block_sizes, block})
+            flag = "block_sizes" if argument == "block_lm_loss_sizes" else "accuracy_block_sizes"
+            setattr(args, flag, sorted({*getattr(args, flag), block}))
         scores = compute_scores(args, model, tokenizer)
     before = model_shape(model)
     prune_model(model, config, scores)

@@ -1,45 +1,51 @@
 """Weight-magnitude importance: the classic baseline that activation-based importance is compared with.
 
-Each unit is scored by the L2 norms of the weights that touch it, with no data at all. Minitron
-compares against this kind of baseline; use it to check that activations choose better.
+Each unit is scored by the L2 norms of the weight matrices that touch it, with no data at all:
+the family's pruning plan says which axis every weight dimension belongs to, so the same code
+serves every family. Minitron compares against this kind of baseline.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..families import get_module
+from ..families import HEADS, HIDDEN, MLP, family_for
 from ..layers import decoder_layers
+from ..pruning.plan import compile_plan, match_parameter
 from ..shapes import config_head_dim
 from .scores import ImportanceScores
 
 
 @torch.no_grad()
 def magnitude_importance(model) -> ImportanceScores:
-    """Scores with the same shape as ``estimate_importance``'s, from weights alone (block importance: zeros)."""
-    head_dim = config_head_dim(model.config)
-    heads, neurons, channels = [], [], []
-    for layer in decoder_layers(model):
-        attention, mlp = get_module(layer, "self_attn"), get_module(layer, "mlp")
-        q = attention.q_proj.weight.float().unflatten(0, (-1, head_dim)).norm(dim=(1, 2))
-        o = attention.o_proj.weight.float().unflatten(1, (-1, head_dim)).norm(dim=(0, 2))
-        heads.append(q + o)
-        neurons.append(
-            mlp.gate_proj.weight.float().norm(dim=1)
-            + mlp.up_proj.weight.float().norm(dim=1)
-            + mlp.down_proj.weight.float().norm(dim=0)
-        )
-        reads = [attention.q_proj, attention.k_proj, attention.v_proj, mlp.gate_proj, mlp.up_proj]
-        writes = [attention.o_proj, mlp.down_proj]
-        channels.append(
-            sum(m.weight.float().norm(dim=0) for m in reads) + sum(m.weight.float().norm(dim=1) for m in writes)
-        )
-    channels_per_layer = torch.stack(channels)
-    channels_per_layer[0] += model.get_input_embeddings().weight.float().norm(dim=0)
+    """Scores with the same shape as ``estimate_importance``'s, from weights alone (block importance: zeros).
+
+    Counted: the 2-D weights of every decoder layer, and the input embeddings (towards channels).
+    """
+    family = family_for(model)
+    config = model.config
+    num_layers, head_dim = len(decoder_layers(model)), config_head_dim(config)
+    heads = torch.zeros(num_layers, config.num_attention_heads)
+    neurons = torch.zeros(num_layers, config.intermediate_size)
+    channels = torch.zeros(num_layers, config.hidden_size)
+    plan = compile_plan(family)
+    for name, param in model.named_parameters():
+        axes, layer = match_parameter(plan, name)
+        if param.dim() != 2 or (layer is None and name != f"{family.embeddings}.weight"):
+            continue
+        weight = param.detach().float()
+        for dim, axis in enumerate(axes):
+            squares = weight.pow(2).sum(dim=1 - dim).cpu()  # one value per index along this dimension
+            if axis == HEADS:
+                heads[layer] += squares.view(-1, head_dim).sum(1).sqrt()
+            elif axis == MLP:
+                neurons[layer] += squares.sqrt()
+            elif axis == HIDDEN:
+                channels[0 if layer is None else layer] += squares.sqrt()
     return ImportanceScores(
-        heads=torch.stack(heads).cpu(),
-        neurons=torch.stack(neurons).cpu(),
-        channels_per_layer=channels_per_layer.cpu(),
-        block_importance=torch.zeros(len(heads)),
-        metadata={"model": getattr(model.config, "_name_or_path", ""), "data": "none (weight magnitude)"},
+        heads=heads,
+        neurons=neurons,
+        channels_per_layer=channels,
+        block_importance=torch.zeros(num_layers),
+        metadata={"model": getattr(config, "_name_or_path", ""), "data": "none (weight magnitude)"},
     )

@@ -180,6 +180,20 @@ def _choose_layers(config: PruningConfig, scores, num_layers: int, target_layers
     return [i for i in range(num_layers) if i not in drop]
 
 
+def needed_block_measurement(source_layers: int, config: PruningConfig) -> tuple[str, int] | None:
+    """Which block-removal measurement the layer selection reads, and for which block size.
+
+    ("block_lm_loss_sizes", k) for ``lm_loss``, ("block_accuracy_sizes", k) for ``downstream``
+    (both keywords of ``estimate_importance``), or None when depth is kept or chosen otherwise.
+    """
+    target = config.num_hidden_layers
+    if target is None and config.layers_to_drop is not None:
+        target = source_layers - len(config.layers_to_drop)
+    block = source_layers - target if target is not None else 0
+    argument = {"lm_loss": "block_lm_loss_sizes", "downstream": "block_accuracy_sizes"}.get(config.layer_selection)
+    return (argument, block) if argument and block > 0 else None
+
+
 def check_pruning_config(
     model, config: PruningConfig, scores: ImportanceScores | None = None, need_scores: bool = False
 ) -> tuple[dict, dict]:

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import MinitronError
 from ..pruning import PruningConfig
+from ..shapes import model_shape
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,8 @@ def count_params(config, **dims) -> tuple[int, int]:
     if isinstance(getattr(changed, "layer_types", None), list):
         changed.layer_types = changed.layer_types[: changed.num_hidden_layers]
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(changed)
-    total = sum(p.numel() for p in model.parameters())
-    embed = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    embedding = embed.numel() + (0 if head is embed else head.numel())
-    return total, total - embedding
+        shape = model_shape(AutoModelForCausalLM.from_config(changed))
+    return shape.params, shape.non_embedding_params
 
 
 def default_grid(config) -> dict[str, list[int]]:

@@ -19,6 +19,9 @@ _LAZY = {
     "architecture_search": "hf_minitron.search",
     "enumerate_candidates": "hf_minitron.search",
     "magnitude_importance": "hf_minitron.importance",
+    "generate_distillation_data": "hf_minitron.distillation_data",
+    "GenerationSettings": "hf_minitron.distillation_data",
+    "cache_teacher_logits": "hf_minitron.distillation_data",
 }
 
 

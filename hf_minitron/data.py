@@ -260,7 +260,11 @@ def load_training_dataset(
         dataset = datasets.Dataset.from_dict({"text": list(iter_texts(source))})
     elif isinstance(source, (str, Path)) and Path(source).exists():
         path = Path(source)
-        if path.is_dir() or path.suffix in (".txt", ".md"):
+        if path.is_dir() and (path / "state.json").is_file():  # written by Dataset.save_to_disk
+            dataset = datasets.load_from_disk(str(path))
+        elif path.is_dir() and any(path.glob("data/*.parquet")):  # a dataset folder, e.g. generated data
+            dataset = datasets.load_dataset(str(path), split="train")
+        elif path.is_dir() or path.suffix in (".txt", ".md"):
             texts = [t for t in iter_texts(str(path)) if t.strip()]
             dataset = datasets.Dataset.from_dict({"text": texts})
         elif path.suffix in (".jsonl", ".json", ".parquet"):

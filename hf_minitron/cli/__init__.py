@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import MinitronError
-from . import benchmark, demo, evaluate, importance, prune, search, training
+from . import benchmark, demo, evaluate, generate_data, importance, prune, search, training
 from .common import parse_with_config
 
 COMMANDS = {
@@ -16,6 +16,7 @@ COMMANDS = {
     "eval": evaluate,
     "benchmark": benchmark,
     "search": search,
+    "generate-data": generate_data,
 }
 
 

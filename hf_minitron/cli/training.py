@@ -50,7 +50,7 @@ def _resume_point(args, run) -> str | None:
     return resume
 
 
-def _datasets(script: ScriptArguments, run: RunArguments):
+def datasets_from(script: ScriptArguments, run: RunArguments):
     if not script.dataset_name:
         raise MinitronError("No training data given", fix="pass --dataset_name (Hub id, local file or builtin text)")
     train = load_training_dataset(
@@ -74,7 +74,7 @@ def _prepare(argv, config_class, role: str, export_name: str):
     export_dir = Path(run.export_dir or Path(args.output_dir) / export_name)
     if resume is None:
         check_output_dir(export_dir, run.overwrite)
-    train, evaluation = _datasets(script, run)
+    train, evaluation = datasets_from(script, run)
     model = load_model(model_args.model_name_or_path, dtype=model_args.dtype or "float32")
     return args, model_args, run, resume, export_dir, train, evaluation, model
 
@@ -125,6 +125,7 @@ def register(subparsers):
     for name, help_text in (
         ("distill", "distil a student from its teacher (TRL-style config)"),
         ("correct-teacher", "fine-tune the teacher on the distillation data first"),
+        ("cache-logits", "store the teacher's top-k logits for a dataset (same config as distill)"),
     ):
         commands[name] = subparsers.add_parser(
             name, help=help_text, add_help=False, description="Run with --help to see every option."
@@ -133,4 +134,10 @@ def register(subparsers):
     return commands
 
 
-RAW_COMMANDS = {"distill": run_distill, "correct-teacher": run_correct_teacher}
+def _run_cache_logits(argv: list[str]) -> None:
+    from .cache_logits import run_cache_logits
+
+    run_cache_logits(argv)
+
+
+RAW_COMMANDS = {"distill": run_distill, "correct-teacher": run_correct_teacher, "cache-logits": _run_cache_logits}

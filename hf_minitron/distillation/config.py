@@ -28,6 +28,10 @@ class DistillationConfig(SFTConfig):
         (Hub id, folder, `.gguf` file or `builtin:NAME`).
     teacher_model_init_kwargs (`dict` or `str`, *optional*): keyword arguments for loading the teacher, e.g.
         `{"dtype": "bfloat16"}`; the teacher is frozen and kept in eval mode either way.
+    teacher_logits_cache (`str`, *optional*): a folder written by `hf-minitron cache-logits`; the student then
+        trains on the teacher's cached top-k log-probabilities (with the tail mass) and no teacher is loaded.
+        Rows are matched to the cache by fingerprint; packing, padding-free batches and intermediate-state
+        losses are not available from a cache.
 
     Unlike `SFTConfig`, `packing_strategy` defaults to `"bfd_split"`: with `packing=True`, text beyond
     `max_length` becomes further sequences instead of being cut off.
@@ -67,6 +71,9 @@ class DistillationConfig(SFTConfig):
     teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Teacher to load."})
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Keyword arguments for loading the teacher, e.g. {'dtype': 'bfloat16'}."}
+    )
+    teacher_logits_cache: str | None = field(
+        default=None, metadata={"help": "Train from cached top-k teacher logits (hf-minitron cache-logits)."}
     )
     temperature: float = field(default=1.0, metadata={"help": "Logit temperature for the divergence."})
     divergence: str = field(default="forward_kl", metadata={"help": "forward_kl, reverse_kl or jsd."})
@@ -110,6 +117,10 @@ class DistillationConfig(SFTConfig):
             self.intermediate_layer_pairs = []
         if problems:
             raise MinitronError("Invalid distillation settings: " + "; ".join(problems))
+        if self.teacher_logits_cache is not None:
+            from ..distillation_data.logit_cache import check_cache_settings
+
+            check_cache_settings(self)
 
     @property
     def uses_intermediate_loss(self) -> bool:

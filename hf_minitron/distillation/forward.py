@@ -17,7 +17,8 @@ import torch
 from transformers.utils import ModelOutput
 
 from ..families import family_for, get_module
-from .losses import chunked_logit_loss, intermediate_state_loss
+from .losses import DenseTeacher, intermediate_state_loss, logit_loss_from_teacher
+from .sparse import SparseTeacher
 
 EMBEDDINGS = -1  # the "layer" index of the embedding output
 PROJECTION = "minitron_projection"
@@ -37,7 +38,7 @@ class TeacherOutputs:
 
 @dataclass
 class StudentRequest:
-    teacher: TeacherOutputs
+    teacher: TeacherOutputs | SparseTeacher
     labels: torch.Tensor
     num_items: torch.Tensor | float
     temperature: float = 1.0
@@ -130,15 +131,19 @@ def _student_loss(model, request: StudentRequest, hidden, states, weight) -> Dis
     targets = labels[:, 1:][mask]
     scale = 1.0 / torch.as_tensor(request.num_items, dtype=torch.float32, device=hidden.device).clamp(min=1)
     token_weights = scale.expand(targets.shape[0])
-    # Only the shared vocabulary counts: padded embedding rows beyond it never carry real tokens.
-    vocab = min(weight.shape[0], teacher.head_weight.shape[0])
-    teacher_hidden = teacher.hidden[:, :-1][mask.to(teacher.hidden.device)].to(hidden.device)
     stats = request.stats
-    logit_loss = chunked_logit_loss(
+    if isinstance(teacher, SparseTeacher):  # cached top-k targets, already one row per scored token
+        source, student_weight = teacher, weight
+    else:
+        # Only the shared vocabulary counts: padded embedding rows beyond it never carry real tokens.
+        vocab = min(weight.shape[0], teacher.head_weight.shape[0])
+        teacher_hidden = teacher.hidden[:, :-1][mask.to(teacher.hidden.device)].to(hidden.device)
+        source = DenseTeacher(teacher_hidden, teacher.head_weight[:vocab].to(hidden.device))
+        student_weight = weight[:vocab]
+    logit_loss = logit_loss_from_teacher(
         hidden[:, :-1][mask],
-        weight[:vocab],
-        teacher_hidden,
-        teacher.head_weight[:vocab].to(hidden.device),
+        student_weight,
+        source,
         token_weights,
         targets,
         temperature=request.temperature,

@@ -60,16 +60,34 @@ def divergence_and_grad(
     return loss, g.sub_(student_part.unsqueeze(-1)).mul_(q).mul_(1 - beta)  # q ⊙ (g − E_q[g]) with g·(1−β)
 
 
+class DenseTeacher:
+    """Teacher targets as final hidden states [n, D] and LM-head weight [V, D]: logits are made one chunk at a time."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor):
+        self.hidden, self.weight = hidden.detach(), weight.detach()
+
+    def divergence_and_grad(self, rows: slice, tempered_student: torch.Tensor, temperature: float, divergence, beta):
+        with torch.no_grad():
+            teacher = (self.hidden[rows] @ self.weight.t()).float()
+        if temperature != 1:
+            teacher = teacher / temperature
+        return divergence_and_grad(tempered_student, teacher, divergence, beta)
+
+
 class _ChunkedLogitLoss(torch.autograd.Function):
-    """Σ_tokens weight · [kl_weight · divergence + ce_weight · cross-entropy], gradients made in forward."""
+    """Σ_tokens weight · [kl_weight · divergence + ce_weight · cross-entropy], gradients made in forward.
+
+    ``teacher`` supplies, for a chunk of rows, the divergence and its gradient w.r.t. the tempered
+    student logits: from its hidden states (``DenseTeacher``) or from cached top-k log-probabilities
+    (``hf_minitron.distillation.sparse.SparseTeacher``).
+    """
 
     @staticmethod
     def forward(
         ctx,
         student_hidden,
         student_weight,
-        teacher_hidden,
-        teacher_weight,
+        teacher,
         token_weights,
         targets,
         temperature,
@@ -89,15 +107,12 @@ class _ChunkedLogitLoss(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             hidden = student_hidden[rows]
             raw = (hidden @ student_weight.t()).float()
-            with torch.no_grad():
-                teacher_raw = (teacher_hidden[rows] @ teacher_weight.t()).float()
             weights = token_weights[rows].float()
             grad_logits = None
             if kl_weight:
-                tempered = (raw, teacher_raw) if temperature == 1 else (raw / temperature, teacher_raw / temperature)
-                div, grad = divergence_and_grad(*tempered, divergence, beta)
+                tempered = raw if temperature == 1 else raw / temperature
+                div, grad = teacher.divergence_and_grad(rows, tempered, temperature, divergence, beta)
                 del tempered
-                del teacher_raw
                 total += kl_weight * (div * weights).sum()
                 stats["kl"] += (div * weights).sum().detach()  # a tensor: no device sync per chunk
                 grad_logits = grad.mul_((kl_weight * weights / temperature).unsqueeze(-1)) if needs_grad else None
@@ -135,15 +150,14 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         return (
             grad_hidden if has_hidden else None,
             grad_weight.to(weight_dtype) if has_weight else None,
-            *([None] * 12),
+            *([None] * 11),
         )
 
 
-def chunked_logit_loss(
+def logit_loss_from_teacher(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
+    teacher,
     token_weights: torch.Tensor,
     targets: torch.Tensor | None = None,
     *,
@@ -156,13 +170,7 @@ def chunked_logit_loss(
     stats: dict | None = None,
     track_ce: bool = False,
 ) -> torch.Tensor:
-    """Weighted sum over scored tokens of the logit loss, from final hidden states [n, D] and LM-head weights [V, D].
-
-    ``token_weights`` carries the normalisation (1 / number of scored tokens in the whole
-    optimizer step), so gradient accumulation matches one large batch. ``stats`` (a dict)
-    receives the weighted sums of the divergence ("kl") and, when ``ce_weight`` or
-    ``track_ce`` is set, of the student's cross-entropy ("ce"), for logging.
-    """
+    """The chunked logit loss against any teacher source (dense hidden states or cached top-k)."""
     stats = {} if stats is None else stats
     stats.setdefault("kl", 0.0)
     stats.setdefault("ce", 0.0)
@@ -173,8 +181,7 @@ def chunked_logit_loss(
     return _ChunkedLogitLoss.apply(
         student_hidden,
         student_weight,
-        teacher_hidden.detach(),
-        teacher_weight.detach(),
+        teacher,
         token_weights,
         targets,
         temperature,
@@ -186,6 +193,27 @@ def chunked_logit_loss(
         stats,
         track_ce,
     )
+
+
+def chunked_logit_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    token_weights: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    **settings,
+) -> torch.Tensor:
+    """Weighted sum over scored tokens of the logit loss, from final hidden states [n, D] and LM-head weights [V, D].
+
+    ``token_weights`` carries the normalisation (1 / number of scored tokens in the whole
+    optimizer step), so gradient accumulation matches one large batch. ``stats`` (a dict)
+    receives the weighted sums of the divergence ("kl") and, when ``ce_weight`` or
+    ``track_ce`` is set, of the student's cross-entropy ("ce"), for logging. Other settings:
+    temperature, divergence, beta, kl_weight, ce_weight, chunk_size (see ``logit_loss_from_teacher``).
+    """
+    teacher = DenseTeacher(teacher_hidden, teacher_weight)
+    return logit_loss_from_teacher(student_hidden, student_weight, teacher, token_weights, targets, **settings)
 
 
 def plain_logit_loss(

@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from trl import SFTTrainer
 
+from ..distillation_data.logit_cache import CACHE_ROW_COLUMN
 from ..errors import MinitronError
 from ..loading import load_model, load_tokenizer
+from .cached_teacher import CachedTeacherMixin
 from .callbacks import LossComponentsCallback, NonFiniteLossCallback, TeacherGapCallback
 from .config import DistillationConfig
 from .forward import PROJECTION, StudentRequest, TeacherRequest, enable_distillation_forward
@@ -26,11 +28,15 @@ def _unwrap_peft(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
 def _model_source(model) -> str | None:
     return getattr(model, "minitron_source", None) or getattr(model.config, "_name_or_path", None)
 
 
-class DistillationTrainer(SFTTrainer):
+class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
     """Off-policy knowledge distillation of ``model`` (the student) from ``teacher_model``.
 
     Everything SFTTrainer does with data (plain text, packing, chat messages, prompt/completion
@@ -61,12 +67,16 @@ class DistillationTrainer(SFTTrainer):
         if model is None:
             raise MinitronError("No student model was given", fix="pass model=<student model or its path>")
         student = load_model(model, dtype="float32") if isinstance(model, str) else model
-        teacher = self._load_teacher(teacher_model, args)
+        self.logit_cache = self._open_cache(teacher_model, args)
+        teacher = None if self.logit_cache else self._load_teacher(teacher_model, args)
         if processing_class is None:
-            source = args.teacher_model_name_or_path or _model_source(teacher)
+            source = _model_source(student) if self.logit_cache else (
+                args.teacher_model_name_or_path or _model_source(teacher)
+            )
             processing_class = load_tokenizer(source) if source else None
-        self._check_vocab(student, teacher, processing_class)
-        self.layer_pairs = resolve_layer_pairs(args, teacher, student)
+        teacher_vocab = self.logit_cache.vocab_size if self.logit_cache else _vocab_size(teacher)
+        self._check_vocab(_vocab_size(student), teacher_vocab, processing_class)
+        self.layer_pairs = resolve_layer_pairs(args, teacher, student) if teacher is not None else ()
         super().__init__(
             model=student,
             args=args,
@@ -79,8 +89,12 @@ class DistillationTrainer(SFTTrainer):
         )
         base = _unwrap_peft(self.model)
         enable_distillation_forward(base)
-        self._attach_projection(base, teacher)
-        self.teacher = self._prepare_teacher(teacher, args)
+        if self.logit_cache:
+            self._attach_cache_rows_or_clean_up(args.output_dir)
+            self.teacher = None
+        else:
+            self._attach_projection(base, teacher)
+            self.teacher = self._prepare_teacher(teacher, args)
         if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
             raise MinitronError(
                 "DeepSpeed ZeRO-3 partitions the student's LM head, which the chunked logit loss reads directly",
@@ -92,7 +106,7 @@ class DistillationTrainer(SFTTrainer):
         self._step_sums = [0.0, 0.0]
         for callback in (LossComponentsCallback(), NonFiniteLossCallback()):
             self.add_callback(callback)
-        if eval_dataset is not None:
+        if eval_dataset is not None and self.teacher is not None:
             self.add_callback(TeacherGapCallback(self.teacher))
 
     # -- setup ---------------------------------------------------------------------------------------------------
@@ -115,9 +129,7 @@ class DistillationTrainer(SFTTrainer):
         return teacher_model
 
     @staticmethod
-    def _check_vocab(student, teacher, tokenizer) -> None:
-        student_vocab = student.get_output_embeddings().weight.shape[0]
-        teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
+    def _check_vocab(student_vocab: int, teacher_vocab: int, tokenizer) -> None:
         if student_vocab == teacher_vocab:
             return
         used = len(tokenizer) if tokenizer is not None else max(student_vocab, teacher_vocab)
@@ -175,10 +187,15 @@ class DistillationTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         labels = inputs["labels"]
-        forward_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
-        teacher_layers = tuple(t for t, _ in self.layer_pairs)
-        with torch.no_grad():
-            teacher_outputs = self.teacher(**forward_inputs, distillation=TeacherRequest(layers=teacher_layers))
+        cache_rows = inputs.get(CACHE_ROW_COLUMN)
+        skip = ("labels", "completion_mask", "assistant_masks", CACHE_ROW_COLUMN)
+        forward_inputs = {k: v for k, v in inputs.items() if k not in skip}
+        if self.logit_cache is not None:
+            teacher_outputs = self._cached_targets(cache_rows, labels)
+        else:
+            teacher_layers = tuple(t for t, _ in self.layer_pairs)
+            with torch.no_grad():
+                teacher_outputs = self.teacher(**forward_inputs, distillation=TeacherRequest(layers=teacher_layers))
         num_items = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != -100).sum()
         args = self.args
         request = StudentRequest(

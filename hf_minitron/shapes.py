@@ -75,7 +75,9 @@ _ROWS = (
 )
 
 
-def comparison_table(columns: dict[str, ModelShape], extra_rows: dict[str, dict[str, str]] | None = None) -> str:
+def comparison_table(
+    columns: dict[str, ModelShape], extra_rows: dict[str, dict[str, str]] | None = None, markdown: bool = False
+) -> str:
     """A plain-text table, one column per model, one row per dimension.
 
     ``extra_rows`` maps a row label to {column name: text}, e.g. perplexities.
@@ -96,4 +98,4 @@ def comparison_table(columns: dict[str, ModelShape], extra_rows: dict[str, dict[
         rows.append(row)
     for label, values in (extra_rows or {}).items():
         rows.append([label, *(values.get(name, "-") for name in names)])
-    return format_table(rows)
+    return format_table(rows, markdown=markdown)

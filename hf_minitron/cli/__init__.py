@@ -6,11 +6,13 @@ import argparse
 import sys
 
 from ..errors import MinitronError
-from . import benchmark, demo, evaluate, generate_data, importance, prune, search, training
+from . import benchmark, demo, evaluate, generate_data, importance, prune, publish, run, search, training
 from .common import parse_with_config
 
 COMMANDS = {
     "demo": demo,
+    "run": run,
+    "publish": publish,
     "importance": importance,
     "prune": prune,
     "eval": evaluate,

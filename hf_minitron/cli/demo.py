@@ -1,32 +1,41 @@
-"""`hf-minitron demo`: the offline demo on the built-in teacher (see hf_minitron.demo)."""
+"""`hf-minitron demo`: the SmolLM2 demo recipe, offline on a CPU (the README's main job)."""
 
 from __future__ import annotations
 
-from ..demo import DemoSettings, run_demo
+import yaml
+
+from ..pipeline import DEMO_RECIPE, parse_recipe, run_recipe
+from .run import add_run_args, report
+
+# With --generated-data the students distil on answers the teacher writes to the built-in prompts.
+GENERATED_DATA = {"max_prompts": 64, "max_new_tokens": 96, "batch_size": 16, "shard_size": 16}
 
 
 def register(subparsers):
-    defaults = DemoSettings()
-    parser = subparsers.add_parser("demo", help="prune the built-in teacher to width and depth students, offline")
-    parser.add_argument("--output", "-o", default=defaults.output_dir)
-    parser.add_argument("--model", default=defaults.model)
-    parser.add_argument("--num-samples", type=int, default=defaults.num_samples, help="calibration samples")
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    parser.add_argument("--eval-tokens", type=int, default=defaults.eval_tokens, help="held-out tokens to score")
-    parser.add_argument("--overwrite", action="store_true")
+    parser = subparsers.add_parser("demo", help="prune and distil the built-in teacher into width and depth students")
+    add_run_args(parser, output_default="minitron-demo")
+    parser.add_argument("--generated-data", action="store_true", help="distil on teacher-generated text (slower)")
     parser.add_argument("--config", default=None, help="YAML file whose keys set any of these options")
     parser.set_defaults(run=run)
     return parser
 
 
+def demo_recipe(generated_data: bool = False):
+    values = yaml.safe_load(DEMO_RECIPE.read_text())
+    if generated_data:
+        values["generate_data"] = dict(GENERATED_DATA)
+        values["distill"]["dataset"] = "generated"
+    return parse_recipe(values)
+
+
 def run(args) -> None:
-    run_demo(
-        DemoSettings(
-            output_dir=args.output,
-            model=args.model,
-            num_samples=args.num_samples,
-            seq_len=args.seq_len,
-            eval_tokens=args.eval_tokens,
-            overwrite=args.overwrite,
-        )
+    result = run_recipe(
+        demo_recipe(args.generated_data),
+        args.output,
+        resume=args.resume,
+        from_stage=args.from_stage,
+        overwrite=args.overwrite,
+        budget=args.budget,
+        publish=args.publish,
     )
+    report(result, args.output)

@@ -70,8 +70,10 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         self.logit_cache = self._open_cache(teacher_model, args)
         teacher = None if self.logit_cache else self._load_teacher(teacher_model, args)
         if processing_class is None:
-            source = _model_source(student) if self.logit_cache else (
-                args.teacher_model_name_or_path or _model_source(teacher)
+            source = (
+                _model_source(student)
+                if self.logit_cache
+                else (args.teacher_model_name_or_path or _model_source(teacher))
             )
             processing_class = load_tokenizer(source) if source else None
         teacher_vocab = self.logit_cache.vocab_size if self.logit_cache else _vocab_size(teacher)

@@ -42,7 +42,7 @@ def evaluate_model(
     return results
 
 
-def results_table(results: dict[str, dict]) -> str:
+def results_table(results: dict[str, dict], markdown: bool = False) -> str:
     """One column per model, one row per metric; later columns show their difference to the first."""
     names = list(results)
     rows: list[tuple[str, list[float | None]]] = []
@@ -75,4 +75,4 @@ def results_table(results: dict[str, dict]) -> str:
                 text += f" ({delta:+.2f})" if label == "perplexity" else f" ({100 * delta:+.1f})"
             cells.append(text)
         table.append(cells)
-    return format_table(table)
+    return format_table(table, markdown=markdown)

@@ -1,0 +1,257 @@
+"""Pipeline recipes: a short YAML file naming the teacher, the students and each stage's settings.
+
+Every key is checked before anything runs: unknown keys and wrong types are refused with the
+section they are in and the keys that section accepts. Trainer sections (teacher_correction,
+distill, align) take any field of their TRL-style config, checked by building that config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import MinitronError
+from ..pruning import PruningConfig
+
+DEMO_RECIPE = Path(__file__).with_name("smollm2-135m-demo.yaml")
+GENERATED = "generated"  # a dataset value meaning "the generate_data stage's output"
+
+
+@dataclass
+class Calibration:
+    data: str = "builtin:python-docs"
+    dataset_config: str | None = None
+    num_samples: int = 1024
+    seq_len: int = 4096
+    batch_size: int = 8
+    block_search_samples: int = 8  # samples for ranking contiguous blocks by LM loss (depth students)
+
+
+@dataclass
+class Evaluation:
+    perplexity_data: str | None = "builtin:python-docs-heldout"
+    tasks: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    seq_len: int = 512
+    max_tokens: int | None = 16384
+    sample_prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 48
+    throughput: bool = True
+
+
+@dataclass
+class Card:
+    language: list[str] = field(default_factory=lambda: ["en"])
+    license: str | None = None  # None: carried from the teacher
+    intended_use: str = (
+        "Research on model compression and a starting point for further fine-tuning; general text generation "
+        "where a smaller, faster model is worth some loss of quality."
+    )
+
+
+@dataclass
+class Publish:
+    repo_id: str = ""
+    private: bool = False
+
+
+@dataclass
+class Recipe:
+    name: str
+    teacher: str
+    students: dict[str, PruningConfig]
+    distill: dict[str, Any]
+    model_dtype: str = "float32"
+    device_map: str | None = None
+    calibration: Calibration = field(default_factory=Calibration)
+    teacher_correction: dict[str, Any] | None = None
+    generate_data: dict[str, Any] | None = None
+    align: dict[str, Any] | None = None
+    evaluate: Evaluation = field(default_factory=Evaluation)
+    card: Card = field(default_factory=Card)
+    publish: Publish | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    def scaled(self, budget: float) -> Recipe:
+        """The same recipe with training and generation budgets multiplied by ``budget``."""
+        if budget <= 0:
+            raise MinitronError(f"--budget {budget} must be positive")
+        scaled = copy.deepcopy(self)
+        for section in (scaled.distill, scaled.align, scaled.teacher_correction):
+            if section and section.get("max_steps", 0) > 0:
+                section["max_steps"] = max(1, math.ceil(section["max_steps"] * budget))
+        if scaled.generate_data and scaled.generate_data.get("max_prompts"):
+            scaled.generate_data["max_prompts"] = max(1, math.ceil(scaled.generate_data["max_prompts"] * budget))
+        return scaled
+
+
+# Data keys of trainer sections, beside the fields of their config.
+TRAINING_KEYS = {"dataset", "dataset_config", "dataset_split", "eval_dataset", "max_samples"}
+
+
+def _fail(section: str, message: str, accepted=None):
+    why = f"'{section}' accepts: {', '.join(sorted(accepted))}" if accepted else ""
+    raise MinitronError(f"Recipe section '{section}': {message}", why, "fix the recipe file")
+
+
+_SIMPLE = (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list), ("dict", dict))
+
+
+def _check_type(section: str, key: str, value, annotation):
+    """``value`` if it fits the field's annotation (numbers written as '2e-5' become floats), else an error.
+
+    Annotations naming none of the simple types (enums, callables) are left to the config itself."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    names = [(name, kind) for name, kind in _SIMPLE if re.search(rf"\b{name}\b", text)]
+    if value is None:
+        if names and "None" not in text and "Optional" not in text:
+            _fail(section, f"'{key}' must not be empty")
+        return value
+    if not names:
+        return value
+    for _, kind in names:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+    if any(kind is float for _, kind in names) and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 2e-5 (no dot) as a string
+        except ValueError:
+            pass
+    _fail(section, f"'{key}' must be {text.replace('typing.', '')}, got {value!r}")
+
+
+def _annotations(cls) -> dict:
+    """Field annotations as declared. (HfArgumentParser rewrites ``Field.type`` in place when it builds
+    a parser, e.g. ``dict | str | None`` becomes ``str``, so the dataclass fields cannot be trusted.)"""
+    merged = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(vars(klass).get("__annotations__", {}))
+    return merged
+
+
+def _dataclass_section(cls, values, section: str):
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        _fail(section, f"must be a mapping of settings, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        _fail(section, f"unknown key(s) {', '.join(unknown)}", fields)
+    types = _annotations(cls)
+    values = {key: _check_type(section, key, value, types[key]) for key, value in values.items()}
+    return cls(**values)
+
+
+def _config_section(values, section: str, config_class, required_dataset: bool = True):
+    """A trainer section: our data keys plus any field of ``config_class``, checked by building it."""
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        _fail(section, f"must be a mapping of settings, got {values!r}")
+    if required_dataset and not values.get("dataset"):
+        _fail(section, "needs a 'dataset' (HF dataset id, local file, builtin text, or 'generated')")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    names = set(fields)
+    unknown = sorted(set(values) - names - TRAINING_KEYS)
+    if "output_dir" in values:
+        unknown.append("output_dir (each stage has its own folder)")
+    if unknown:
+        _fail(section, f"unknown key(s) {', '.join(unknown)}", names | TRAINING_KEYS)
+    types = _annotations(config_class)
+    values = {k: _check_type(section, k, v, types[k]) if k in types else v for k, v in values.items()}
+    settings = {k: v for k, v in values.items() if k not in TRAINING_KEYS}
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            config_class(**{"report_to": [], **settings, "output_dir": scratch})
+    except MinitronError as error:
+        _fail(section, str(error))
+    except (TypeError, ValueError) as error:
+        _fail(section, f"invalid settings ({error})")
+    return dict(values)
+
+
+def parse_recipe(values: dict) -> Recipe:
+    """A Recipe from a mapping (a parsed YAML file), every key checked."""
+    from ..distillation import DistillationConfig
+    from ..distillation.teacher_correction import TeacherCorrectionConfig
+    from ..distillation_data import GenerationSettings
+    from .stages import alignment_config_class
+
+    if not isinstance(values, dict):
+        raise MinitronError("A recipe must be a mapping of sections", fix="see recipes/ for examples")
+    fields = {f.name: f for f in dataclasses.fields(Recipe) if f.name != "raw"}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        _fail("(top level)", f"unknown key(s) {', '.join(unknown)}", fields)
+    missing = [k for k in ("name", "teacher", "students", "distill") if not values.get(k)]
+    if missing:
+        _fail("(top level)", f"missing {', '.join(missing)}")
+    for key in ("name", "teacher", "model_dtype"):
+        if key in values and not isinstance(values[key], str):
+            _fail("(top level)", f"'{key}' must be a string, got {values[key]!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", values["name"]):
+        _fail("(top level)", f"name '{values['name']}' must be a valid repository name (letters, digits, . _ -)")
+    students = values["students"]
+    if not isinstance(students, dict):
+        _fail("students", "must map a variant name (width, depth, ...) to its pruning targets")
+    parsed_students = {}
+    for name, targets in students.items():
+        if not re.fullmatch(r"[a-z][a-z0-9]*", str(name)):
+            _fail("students", f"variant name '{name}' must be lower-case letters and digits (e.g. width, depth)")
+        try:
+            parsed_students[name] = PruningConfig(**(targets or {}))
+        except TypeError as error:
+            accepted = [f.name for f in dataclasses.fields(PruningConfig)]
+            _fail(f"students.{name}", f"invalid targets ({error})", accepted)
+    generate = values.get("generate_data")
+    if generate is not None:
+        generate = dict(generate)
+        prompts = {k: generate.pop(k) for k in ("prompts", "prompt_column") if k in generate}
+        _dataclass_section(GenerationSettings, generate, "generate_data").check()
+        generate.update(prompts)
+    recipe = Recipe(
+        name=values["name"],
+        teacher=values["teacher"],
+        students=parsed_students,
+        distill=_config_section(values["distill"], "distill", DistillationConfig),
+        model_dtype=values.get("model_dtype", "float32"),
+        device_map=values.get("device_map"),
+        calibration=_dataclass_section(Calibration, values.get("calibration", {}), "calibration"),
+        teacher_correction=_config_section(
+            values.get("teacher_correction"), "teacher_correction", TeacherCorrectionConfig
+        ),
+        generate_data=generate,
+        align=_config_section(values.get("align"), "align", alignment_config_class()),
+        evaluate=_dataclass_section(Evaluation, values.get("evaluate", {}), "evaluate"),
+        card=_dataclass_section(Card, values.get("card", {}), "card"),
+        publish=_dataclass_section(Publish, values.get("publish"), "publish"),
+        raw=copy.deepcopy(values),
+    )
+    for section, settings in (("distill", recipe.distill), ("align", recipe.align)):
+        if settings and settings.get("dataset") == GENERATED and recipe.generate_data is None:
+            _fail(section, "uses dataset 'generated' but the recipe has no generate_data section")
+    if recipe.publish is not None and recipe.publish.repo_id.count("/") != 1:
+        _fail("publish", f"repo_id '{recipe.publish.repo_id}' must be ORG/NAME")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise MinitronError(f"Recipe file '{path}' does not exist", fix="see recipes/ for examples")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise MinitronError(f"Recipe file '{path}' is not valid YAML", str(error)) from error
+    return parse_recipe(values)

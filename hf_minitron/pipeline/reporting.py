@@ -1,0 +1,291 @@
+"""The stages that report: evaluation, packaging with model cards, publishing, and the run summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from ..data import describe_text_source
+from ..evaluation import evaluate_model
+from ..hub.card import HUB_ID
+from ..loading import BUILTIN_MODELS, BUILTIN_PREFIX, describe_source
+from ..shapes import ModelShape, comparison_table, human_count
+from ..tables import format_table
+from .stages import Run
+
+THROUGHPUT = dict(prefill_batch=2, prefill_len=128, decode_batches=(1,), prompt_len=16, new_tokens=16, repeats=2)
+
+
+def stage_models(run: Run) -> list[tuple[str, str, str]]:
+    """(student, label, stage) for every model the run made, in pipeline order."""
+    stages = [("prune", "pruned"), ("distill", "distilled")] + ([("align", "aligned")] if run.recipe.align else [])
+    return [(name, label, stage) for name in run.recipe.students for stage, label in stages]
+
+
+@torch.no_grad()
+def sample_generation(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt
+    batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    return tokenizer.decode(output[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def evaluate(run: Run, folder: Path) -> dict:
+    from ..evaluation.throughput import ThroughputSettings, benchmark_throughput
+
+    settings = run.recipe.evaluate
+    teacher, tokenizer = run.teacher()
+
+    def score(model):
+        return evaluate_model(
+            model.eval(),
+            tokenizer,
+            tasks=settings.tasks or None,
+            perplexity_data=settings.perplexity_data,
+            limit=settings.limit,
+            seq_len=settings.seq_len,
+            max_tokens=settings.max_tokens,
+            progress=False,
+        )
+
+    results = {"teacher": score(teacher)}
+    finals = {"teacher": teacher}
+    for name, label, stage in stage_models(run):
+        model = run.load(run.folder(stage) / name)
+        results[f"{name} {label}"] = score(model)
+        finals[name] = model
+        print(f"  {name} {label}: {_brief(results[f'{name} {label}'])}", file=sys.stderr)
+    generations = {
+        name: {
+            prompt: sample_generation(model, tokenizer, prompt, settings.max_new_tokens)
+            for prompt in settings.sample_prompts
+        }
+        for name, model in finals.items()
+    }
+    speed = benchmark_throughput(finals, ThroughputSettings(**THROUGHPUT)) if settings.throughput else {}
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / "generations.json").write_text(json.dumps(generations, indent=2, ensure_ascii=False) + "\n")
+    (folder / "throughput.json").write_text(json.dumps(speed, indent=2) + "\n")
+    return {"models": list(results), "perplexity_data": describe_text_source(settings.perplexity_data or "")}
+
+
+def _brief(result: dict) -> str:
+    parts = []
+    if "perplexity" in result:
+        parts.append(f"perplexity {result['perplexity']['perplexity']:.2f}")
+    if "task_mean_acc" in result:
+        parts.append(f"mean task accuracy {100 * result['task_mean_acc']:.1f}")
+    return ", ".join(parts) or "evaluated"
+
+
+def teacher_license(source: str, override: str | None) -> str | None:
+    """The license to carry over: the recipe's, the built-in teacher's, a local card's, or the Hub card's."""
+    if override:
+        return override
+    if source.startswith(BUILTIN_PREFIX):
+        return BUILTIN_MODELS.get(source[len(BUILTIN_PREFIX) :], {}).get("license")
+    try:
+        from huggingface_hub import ModelCard
+
+        readme = Path(source) / "README.md"
+        card = ModelCard.load(str(readme)) if readme.is_file() else ModelCard.load(source)
+        return card.data.license
+    except Exception:  # no card, no network: the card then says the teacher's license applies
+        return None
+
+
+def _changes(teacher: dict, student: dict) -> str:
+    labels = {
+        "num_hidden_layers": "layers",
+        "hidden_size": "hidden",
+        "intermediate_size": "MLP",
+        "num_attention_heads": "query heads",
+        "num_key_value_heads": "KV heads",
+    }
+    changed = [
+        f"{label} {teacher[key]}→{student[key]}" for key, label in labels.items() if teacher[key] != student[key]
+    ]
+    return ", ".join(changed) or "no dimension changed"
+
+
+def _training_summary(facts: dict, name: str, records: dict) -> str:
+    student = facts["students"][name]
+    settings = facts["settings"]
+    parts = [
+        f"{student.get('tokens', '?')} tokens of {facts['data']}"
+        if "tokens" in student
+        else f"{student['rows']} rows of {facts['data']}",
+        f"{student['steps']} steps",
+    ]
+    for key in ("divergence", "temperature", "learning_rate", "max_length", "per_device_train_batch_size"):
+        if key in settings:
+            parts.append(f"{key.replace('_', ' ')} {settings[key]}")
+    return "; ".join(parts)
+
+
+def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
+    from ..hub.card import model_link
+    from ..hub.publish import variant_repo_id
+
+    recipe = run.recipe
+    variant = name.capitalize()
+    base_repo = recipe.publish.repo_id if recipe.publish else recipe.name
+    repo_id = variant_repo_id(base_repo, variant, kind)
+    teacher_id = describe_source(recipe.teacher)
+    shapes = records["prune"]["shapes"]
+    teacher_shape, student_shape = shapes["teacher"], shapes[name]
+    results = json.loads((run.folder("evaluate") / "results.json").read_text())
+    speed = json.loads((run.folder("evaluate") / "throughput.json").read_text())
+    final = f"{name} {'aligned' if kind == 'Instruct' else 'distilled'}"
+    datasets = [
+        d
+        for d in (recipe.calibration.data, recipe.distill.get("dataset"), (recipe.align or {}).get("dataset"))
+        if isinstance(d, str) and HUB_ID.match(d) and not Path(d).exists()
+    ]
+    calibration = records["importance"]
+    facts = {
+        "name": repo_id.split("/")[-1],
+        "variant": variant,
+        "kind": kind,
+        "repo_id": repo_id,
+        "teacher": {**model_link(teacher_id), "license": teacher_license(recipe.teacher, recipe.card.license)},
+        "params": {
+            "teacher_total": human_count(teacher_shape["params"]),
+            "student_total": human_count(student_shape["params"]),
+            "student_non_embedding": human_count(student_shape["non_embedding_params"]),
+            "ratio": f"{100 * student_shape['params'] / teacher_shape['params']:.0f}%",
+        },
+        "importance": {
+            "calibration": f"{calibration['calibration_tokens']} tokens of {calibration['calibration']}",
+            "aggregation": "L2 over the batch, mean over the sequence",
+        },
+        "pruning": {
+            "summary": _changes(teacher_shape, student_shape),
+            "dropped_layers": records["prune"]["dropped_layers"].get(name) or [],
+        },
+        "distillation": {"summary": _training_summary(records["distill"], name, records)},
+        "shape_table": comparison_table(
+            {
+                teacher_id.split("/")[-1]: ModelShape(**teacher_shape),
+                repo_id.split("/")[-1]: ModelShape(**student_shape),
+            },
+            markdown=True,
+        ),
+        "evaluation": {
+            "teacher": results["teacher"],
+            "student": results[final],
+            "perplexity_data": records["evaluate"]["perplexity_data"],
+        },
+        "throughput": _throughput_text(speed, name),
+        "plots": [],
+        "intended_use": recipe.card.intended_use,
+        "language": recipe.card.language,
+        "datasets": sorted(set(datasets)),
+    }
+    if kind == "Instruct":
+        base_id = variant_repo_id(base_repo, variant, "Base")
+        facts["base"] = model_link(base_id)
+        facts["alignment"] = {"summary": _training_summary(records["align"], name, records)}
+    return facts
+
+
+def _throughput_text(speed: dict, name: str) -> str | None:
+    if not speed or name not in speed:
+        return None
+    ratio = speed[name]["speedup"]["prefill"]
+    return (
+        f"{ratio:.2f}× the teacher's prefill tokens/s (batch {THROUGHPUT['prefill_batch']} × "
+        f"{THROUGHPUT['prefill_len']} tokens, measured on the machine that ran the pipeline)."
+    )
+
+
+def model_card(run: Run, folder: Path, records: dict) -> dict:
+    from ..hub.card import render_model_card
+
+    packaged = []
+    for name in run.recipe.students:
+        kinds = [("Base", "distill")] + ([("Instruct", "align")] if run.recipe.align else [])
+        for kind, stage in kinds:
+            facts = card_facts(run, name, kind, records)
+            target = folder / facts["name"]
+            shutil.copytree(run.folder(stage) / name, target)
+            shutil.copy(run.folder("prune") / name / "pruning_config.json", target)
+            shutil.copytree(
+                run.folder("importance"), target / "importance", ignore=shutil.ignore_patterns("stage.json")
+            )
+            for title, file in (
+                ("Importance per layer", "importance/importance.png"),
+                ("Loss when a block of layers is removed", "importance/block_removal.png"),
+                ("Distillation loss curves", "training_curves.png"),
+            ):
+                if (target / file).is_file():
+                    facts["plots"].append({"title": title, "file": file})
+            (target / "card_facts.json").write_text(json.dumps(facts, indent=2, ensure_ascii=False) + "\n")
+            (target / "README.md").write_text(render_model_card(facts), encoding="utf-8")
+            packaged.append(target.name)
+    return {"models": packaged}
+
+
+def publish(run: Run, folder: Path, records: dict) -> dict:
+    from ..hub.publish import publish as push
+
+    settings = run.recipe.publish
+    results = push(run.output_dir, settings.repo_id, private=settings.private)
+    (folder / "published.json").write_text(json.dumps(results, indent=2) + "\n")
+    return {"repositories": [r["repo_id"] for r in results]}
+
+
+def summary(run: Run, records: dict) -> tuple[str, dict]:
+    """The end-of-run table (parameters and perplexity before/after each stage) and its JSON."""
+    results = json.loads((run.folder("evaluate") / "results.json").read_text())
+    shapes = records["prune"]["shapes"]
+    generations = json.loads((run.folder("evaluate") / "generations.json").read_text())
+    speed = json.loads((run.folder("evaluate") / "throughput.json").read_text())
+    labels = ["pruned", "distilled"] + (["aligned"] if run.recipe.align else [])
+    rows = [["model", "params", "w/o embeddings", *[f"ppl {label}" for label in labels], "prefill speed"]]
+
+    def ppl(key):
+        entry = results.get(key, {}).get("perplexity")
+        return f"{entry['perplexity']:.2f}" if entry else "-"
+
+    rows.append(
+        [
+            "teacher",
+            human_count(shapes["teacher"]["params"]),
+            human_count(shapes["teacher"]["non_embedding_params"]),
+            ppl("teacher"),
+            *["" for _ in labels[1:]],
+            "1.00×",
+        ]
+    )
+    for name in run.recipe.students:
+        ratio = speed.get(name, {}).get("speedup", {}).get("prefill")
+        rows.append(
+            [
+                name,
+                human_count(shapes[name]["params"]),
+                human_count(shapes[name]["non_embedding_params"]),
+                *[ppl(f"{name} {label}") for label in labels],
+                f"{ratio:.2f}×" if ratio else "-",
+            ]
+        )
+    tokens = {name: s["tokens"] for name, s in records["distill"]["students"].items()}
+    data = {
+        "results": results,
+        "shapes": shapes,
+        "distillation_tokens": tokens,
+        "generations": generations,
+        "throughput": speed,
+        "perplexity_data": records["evaluate"]["perplexity_data"],
+    }
+    return format_table(rows), data

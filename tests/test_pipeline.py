@@ -1,0 +1,271 @@
+"""The pipeline on a tiny model: every stage, resume and reruns, bad recipes, model cards, publishing."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hub_server import LocalHub
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM
+
+from hf_minitron import MinitronError
+from hf_minitron.cli import main
+from hf_minitron.cli.demo import demo_recipe
+from hf_minitron.hub import publish
+from hf_minitron.pipeline import DEMO_RECIPE, parse_recipe, run_recipe
+
+from helpers import SHARED_DATA, char_tokenizer, tiny_model
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+STAGES = ["importance", "prune", "distill", "align", "evaluate", "model_card"]
+
+
+def make_inputs(folder: Path) -> dict:
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tiny_model().save_pretrained(folder / "teacher")
+    tokenizer.save_pretrained(folder / "teacher")
+    (folder / "text.txt").write_text(
+        "\n\n".join(f"The number {i} is {'even' if i % 2 == 0 else 'odd'} and small." for i in range(200))
+    )
+    rows = [json.dumps({"prompt": f"Is {i} even?", "response": "yes" if i % 2 == 0 else "no"}) for i in range(20)]
+    (folder / "sft.jsonl").write_text("\n".join(rows) + "\n")
+    return {
+        "name": "Tiny-Minitron",
+        "teacher": str(folder / "teacher"),
+        "calibration": {
+            "data": str(folder / "text.txt"),
+            "num_samples": 4,
+            "seq_len": 32,
+            "batch_size": 2,
+            "block_search_samples": 2,
+        },
+        "students": {
+            "width": {"hidden_size": 36, "intermediate_size": 48},
+            "depth": {"num_hidden_layers": 2, "layer_selection": "lm_loss"},
+        },
+        "distill": {
+            "dataset": str(folder / "text.txt"),
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "max_length": 32,
+            "packing": True,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+        },
+        "align": {
+            "dataset": str(folder / "sft.jsonl"),
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "max_length": 32,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+        },
+        "evaluate": {
+            "perplexity_data": str(folder / "text.txt"),
+            "seq_len": 32,
+            "max_tokens": 256,
+            "sample_prompts": ["Is 4 even?"],
+            "max_new_tokens": 5,
+            "tasks": {"arc_easy": str(SHARED_DATA / "eval" / "arc_easy.jsonl")},
+            "limit": 4,
+        },
+        "publish": {"repo_id": "me/Tiny", "private": True},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    values = make_inputs(folder)
+    result = run_recipe(parse_recipe(values), folder / "run", publish=False)
+    return folder, values, result
+
+
+def stage_times(run: Path) -> dict:
+    return {p.parent.name: p.stat().st_mtime_ns for p in run.glob("*/stage.json")}
+
+
+def test_every_stage_writes_its_folder_and_the_summary(finished_run):
+    folder, _, result = finished_run
+    run = folder / "run"
+    assert result["stages"] == STAGES
+    for name in ("importance", "prune/width", "prune/depth", "distill/width", "align/depth", "evaluate"):
+        assert (run / name).is_dir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["results"]) == {"teacher"} | {
+        f"{s} {stage}" for s in ("width", "depth") for stage in ("pruned", "distilled", "aligned")
+    }
+    assert summary["distillation_tokens"]["width"] > 0
+    assert "ppl distilled" in result["table"] and "width" in result["table"]
+    assert set(summary["generations"]) == {"teacher", "width", "depth"}
+    models = sorted(p.name for p in (run / "models").iterdir() if p.is_dir())
+    assert models == ["Tiny-Depth-Base", "Tiny-Depth-Instruct", "Tiny-Width-Base", "Tiny-Width-Instruct"]
+    packaged = run / "models" / "Tiny-Width-Base"
+    model = AutoModelForCausalLM.from_pretrained(packaged)
+    distilled = AutoModelForCausalLM.from_pretrained(run / "distill" / "width")
+    ids = torch.randint(3, 90, (1, 12))
+    torch.testing.assert_close(model(ids).logits, distilled(ids).logits)
+    assert model.config.hidden_size == 36
+    for file in (
+        "pruning_config.json",
+        "importance/importance.safetensors",
+        "importance/importance.png",
+        "training_curves.png",
+        "README.md",
+    ):
+        assert (packaged / file).is_file(), file
+
+
+def test_model_card_renders_valid_metadata_from_the_run(finished_run):
+    folder, _, _ = finished_run
+    run = folder / "run"
+    results = json.loads((run / "evaluate" / "results.json").read_text())
+    for kind, key in (("Base", "width distilled"), ("Instruct", "width aligned")):
+        card = ModelCard.load(run / "models" / f"Tiny-Width-{kind}" / "README.md")
+        values = {(r.metric_type, r.dataset_type): r.metric_value for r in card.data.eval_results}
+        assert values[("perplexity", "text")] == pytest.approx(results[key]["perplexity"]["perplexity"], abs=1e-4)
+        assert values[("acc", "allenai/ai2_arc")] == pytest.approx(100 * results[key]["tasks"]["arc_easy"]["acc"])
+        assert card.data.license == "other" and card.data.library_name == "transformers"
+        text = card.content
+        assert "| layers | 4 | 4 |" in text and "| hidden size | 48 | 36 |" in text
+        assert str(folder) not in text and "/tmp" not in text
+    instruct = ModelCard.load(run / "models" / "Tiny-Width-Instruct" / "README.md")
+    assert instruct.data.base_model == "me/Tiny-Width-Base"
+    assert "Alignment" in instruct.content and "20 rows of sft.jsonl" in instruct.content
+    base = ModelCard.load(run / "models" / "Tiny-Width-Base" / "README.md")
+    assert base.data.base_model is None  # a local teacher: no repository to point to
+    assert "`teacher`" in base.content
+
+
+def test_resume_skips_finished_stages_and_reruns_what_changed(finished_run, tmp_path, capsys):
+    folder, values, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(folder / "run", run)
+    before = stage_times(run)
+    with pytest.raises(MinitronError, match="already holds a run"):
+        run_recipe(parse_recipe(values), run, publish=False)
+    run_recipe(parse_recipe(values), run, resume=True, publish=False)
+    assert stage_times(run) == before
+    assert capsys.readouterr().err.count("skipped") == len(STAGES)
+
+    changed = json.loads(json.dumps(values))
+    changed["distill"]["learning_rate"] = 1e-3
+    run_recipe(parse_recipe(changed), run, resume=True, publish=False)
+    after = stage_times(run)
+    assert after["importance"] == before["importance"] and after["prune"] == before["prune"]
+    assert all(after[s] != before[s] for s in ("distill", "align", "evaluate", "models"))
+    assert "inputs changed since it ran" in capsys.readouterr().err
+
+    (folder / "text.txt").write_text((folder / "text.txt").read_text() + "\n\nOne more line of text.")
+    run_recipe(parse_recipe(changed), run, resume=True, publish=False)
+    assert stage_times(run)["importance"] != after["importance"]
+
+    latest = stage_times(run)
+    run_recipe(parse_recipe(changed), run, from_stage="evaluate", publish=False)
+    rerun = stage_times(run)
+    assert rerun["distill"] == latest["distill"] and rerun["evaluate"] != latest["evaluate"]
+
+    shutil.rmtree(run / "prune")  # a missing stage output is made again, never assumed
+    run_recipe(parse_recipe(changed), run, resume=True, publish=False)
+    assert (run / "prune" / "width" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda v: v.update(extra=1), "unknown key\\(s\\) extra"),
+        (lambda v: v["distill"].update(learning_rat=1e-4), "'distill': unknown key\\(s\\) learning_rat"),
+        (lambda v: v["calibration"].update(num_samples="many"), "'num_samples' must be int"),
+        (lambda v: v["students"]["width"].update(hidden=4), "students.width"),
+        (lambda v: v["distill"].update(dataset="generated"), "no generate_data section"),
+        (lambda v: v["evaluate"].update(tasks=["arc"]), "'tasks' must be dict"),
+        (lambda v: v["distill"].update(max_steps="ten"), "'max_steps' must be int"),
+        (lambda v: v.pop("teacher"), "missing teacher"),
+        (lambda v: v["publish"].update(repo_id="no-org"), "ORG/NAME"),
+    ],
+)
+def test_bad_recipes_are_refused_before_anything_runs(tmp_path, edit, message):
+    values = make_inputs(tmp_path)
+    edit(values)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(values))
+    with pytest.raises(MinitronError, match=message):
+        run_recipe(tmp_path / "recipe.yaml", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert main(["run", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "run")]) == 2
+
+
+def test_publish_to_a_local_hub_and_dry_run(finished_run, tmp_path, monkeypatch, capsys):
+    folder, _, _ = finished_run
+    run = folder / "run"
+    secret = "hf_test_secret_0123456789"
+    with LocalHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", secret)
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)
+        assert main(["publish", str(run), "--repo-id", "me/Tiny", "--private"]) == 0
+        output = capsys.readouterr()
+        assert secret not in output.out + output.err
+        assert sorted(hub.state.repos) == [
+            "me/Tiny-Depth-Base",
+            "me/Tiny-Depth-Instruct",
+            "me/Tiny-Width-Base",
+            "me/Tiny-Width-Instruct",
+        ]
+        assert all(repo["private"] for repo in hub.state.repos.values())
+        assert set(hub.state.authorizations) == {f"Bearer {secret}"}
+        assert hub.state.validated == 4  # every card's metadata passed the server's checks
+        pushed = hub.state.repos["me/Tiny-Width-Instruct"]["files"]
+        card = ModelCard(pushed["README.md"].decode())
+        assert card.data.base_model == "me/Tiny-Width-Base"
+        local = run / "models" / "Tiny-Width-Instruct"
+        assert pushed["model.safetensors"] == (local / "model.safetensors").read_bytes()
+        assert "card_facts.json" not in pushed and "importance/importance.safetensors" in pushed
+
+        plan = publish(run, "me/Tiny", dry_run=True, dry_run_dir=tmp_path / "dry")
+        staged = {e["repo_id"]: e["files"] for e in plan}
+        assert staged["me/Tiny-Width-Instruct"] == sorted(pushed)
+        dry_card = (tmp_path / "dry" / "me__Tiny-Width-Instruct" / "README.md").read_bytes()
+        assert dry_card == pushed["README.md"]
+    for path in Path(tmp_path).rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes()
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
+    with pytest.raises(MinitronError, match="No Hugging Face token"):
+        publish(run, "me/Tiny")
+    with pytest.raises(MinitronError, match="not a repository id"):
+        publish(run, "Tiny", dry_run=True)
+    with pytest.raises(MinitronError, match="Nothing to publish"):
+        publish(tmp_path, "me/Tiny", dry_run=True)
+
+
+def test_demo_recipe_is_shipped_and_parses():
+    assert (Path(__file__).parents[1] / "recipes" / "smollm2-135m-demo.yaml").read_text() == DEMO_RECIPE.read_text()
+    recipe = demo_recipe()
+    assert set(recipe.students) == {"width", "depth"} and recipe.generate_data is None
+    assert recipe.scaled(2.5).distill["max_steps"] == 100
+    generated = demo_recipe(generated_data=True)
+    assert generated.distill["dataset"] == "generated" and generated.generate_data["max_prompts"] == 64
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml")))
+def test_shipped_pipeline_recipes_parse(name):
+    path = Path(__file__).parents[1] / "recipes" / name
+    recipe = parse_recipe(yaml.safe_load(path.read_text()))
+    assert recipe.students and recipe.distill["dataset"]
+
+
+def test_publish_needs_no_network_for_dry_run(finished_run, tmp_path):
+    folder, _, _ = finished_run
+    os.environ.pop("HF_TOKEN", None)
+    plan = publish(folder / "run" / "models" / "Tiny-Depth-Base", "org/X", dry_run=True, dry_run_dir=tmp_path / "d")
+    assert [e["repo_id"] for e in plan] == ["org/X-Depth-Base"]
+    assert (tmp_path / "d" / "org__X-Depth-Base" / "model.safetensors").is_file()

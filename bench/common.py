@@ -47,3 +47,25 @@ def peak_rss_bytes() -> int:
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def short_distillation_config(output_dir: str, steps: int, batch: int, max_length: int):
+    """The quality benchmarks' fixed budget: packed text, LR 5e-4 cosine, the same for every student."""
+    from hf_minitron.distillation import DistillationConfig
+
+    return DistillationConfig(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=5e-4,
+        warmup_steps=max(1, steps // 20),
+        lr_scheduler_type="cosine",
+        max_length=max_length,
+        packing=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=steps,
+        seed=0,
+        disable_tqdm=True,
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,12 +26,15 @@ import datasets
 import torch
 from transformers import AutoModelForCausalLM
 
+sys.path.insert(0, str(Path(__file__).parent))
 from hf_minitron import PruningConfig, build_calibration_set, builtin_teacher, estimate_importance, prune_model
 from hf_minitron.data import iter_texts
-from hf_minitron.distillation import DistillationConfig, DistillationTrainer
+from hf_minitron.distillation import DistillationTrainer
 from hf_minitron.evaluation import evaluate_model, results_table
 from hf_minitron.importance import magnitude_importance
 from hf_minitron.importance.depth import measure_block_lm_loss
+
+from common import short_distillation_config
 
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 WIDTH = PruningConfig(hidden_size=432, intermediate_size=768)
@@ -86,22 +90,7 @@ def main() -> None:
             max_tokens=4096,
             progress=False,
         )["perplexity"]["perplexity"]
-        config = DistillationConfig(
-            output_dir=f"/tmp/quality-{name.split()[0]}",
-            max_steps=args.steps,
-            per_device_train_batch_size=args.batch,
-            learning_rate=5e-4,
-            warmup_steps=max(1, args.steps // 20),
-            lr_scheduler_type="cosine",
-            max_length=args.max_length,
-            packing=True,
-            gradient_checkpointing=False,
-            save_strategy="no",
-            report_to=[],
-            logging_steps=args.steps,
-            seed=0,
-            disable_tqdm=True,
-        )
+        config = short_distillation_config(f"/tmp/quality-{name.split()[0]}", args.steps, args.batch, args.max_length)
         DistillationTrainer(
             model=student.requires_grad_(True),
             teacher_model=teacher,

@@ -15,16 +15,20 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
 import datasets
 
+sys.path.insert(0, str(Path(__file__).parent))
 from hf_minitron import PruningConfig, builtin_teacher, estimate_importance, prune_model
 from hf_minitron.data import iter_texts
-from hf_minitron.distillation import DistillationConfig, DistillationTrainer
+from hf_minitron.distillation import DistillationTrainer
 from hf_minitron.distillation_data import GenerationSettings, generate_distillation_data
 from hf_minitron.evaluation import evaluate_model, perplexity, results_table
+
+from common import short_distillation_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 WIDTH = PruningConfig(hidden_size=432, intermediate_size=768)
@@ -82,22 +86,7 @@ def main() -> None:
 
     results = {"teacher": evaluate(teacher), "pruned, not distilled": evaluate(student)}
     for name, data in sources.items():
-        config = DistillationConfig(
-            output_dir="/tmp/sdg-quality",
-            max_steps=args.steps,
-            per_device_train_batch_size=args.batch,
-            learning_rate=5e-4,
-            warmup_steps=max(1, args.steps // 20),
-            lr_scheduler_type="cosine",
-            max_length=args.max_length,
-            packing=True,
-            gradient_checkpointing=False,
-            save_strategy="no",
-            report_to=[],
-            logging_steps=args.steps,
-            seed=0,
-            disable_tqdm=True,
-        )
+        config = short_distillation_config("/tmp/sdg-quality", args.steps, args.batch, args.max_length)
         model = copy.deepcopy(student).requires_grad_(True)
         trainer = DistillationTrainer(
             model=model, teacher_model=teacher, args=config, train_dataset=data, processing_class=tokenizer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from ..pipeline import DEMO_RECIPE, parse_recipe, run_recipe
-from .run import add_run_args, report
+from ..pipeline import DEMO_RECIPE, parse_recipe
+from .run import add_run_args, run_and_report
 
 # With --generated-data the students distil on answers the teacher writes to the built-in prompts.
 GENERATED_DATA = {"max_prompts": 64, "max_new_tokens": 96, "batch_size": 16, "shard_size": 16}
@@ -29,13 +29,4 @@ def demo_recipe(generated_data: bool = False):
 
 
 def run(args) -> None:
-    result = run_recipe(
-        demo_recipe(args.generated_data),
-        args.output,
-        resume=args.resume,
-        from_stage=args.from_stage,
-        overwrite=args.overwrite,
-        budget=args.budget,
-        publish=args.publish,
-    )
-    report(result, args.output)
+    run_and_report(demo_recipe(args.generated_data), args)

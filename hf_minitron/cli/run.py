@@ -37,10 +37,11 @@ def report(result: dict, output) -> None:
     print(f"Run folder: {output} (models/ holds the packaged variants with model cards; {result['seconds']} s)")
 
 
-def run(args) -> None:
+def run_and_report(recipe, args) -> None:
+    """Run a recipe with the shared run options (--resume, --from, --overwrite, --budget, --no-publish)."""
     require(args, "output")
     result = run_recipe(
-        args.recipe,
+        recipe,
         args.output,
         resume=args.resume,
         from_stage=args.from_stage,
@@ -49,3 +50,7 @@ def run(args) -> None:
         publish=args.publish,
     )
     report(result, args.output)
+
+
+def run(args) -> None:
+    run_and_report(args.recipe, args)

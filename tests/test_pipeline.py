@@ -24,7 +24,7 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 )
-STAGES = ["importance", "prune", "distill", "align", "evaluate", "model_card"]
+STAGES = ["importance", "prune", "distill", "align", "evaluate", "quantize", "model_card"]
 
 
 def make_inputs(folder: Path) -> dict:
@@ -77,6 +77,7 @@ def make_inputs(folder: Path) -> dict:
             "tasks": {"arc_easy": str(SHARED_DATA / "eval" / "arc_easy.jsonl")},
             "limit": 4,
         },
+        "quantize": {"schemes": ["int8"]},
         "publish": {"repo_id": "me/Tiny", "private": True},
     }
 
@@ -106,6 +107,10 @@ def test_every_stage_writes_its_folder_and_the_summary(finished_run):
     assert summary["distillation_tokens"]["width"] > 0
     assert "ppl distilled" in result["table"] and "width" in result["table"]
     assert set(summary["generations"]) == {"teacher", "width", "depth"}
+    quantized = summary["quantized"]["width"]
+    assert set(quantized) == {"unquantized", "int8"} and quantized["int8"]["bytes"] < quantized["unquantized"]["bytes"]
+    assert "Quantized variants of width" in result["table"]
+    assert AutoModelForCausalLM.from_pretrained(run / "quantize" / "width-int8").config.hidden_size == 36
     models = sorted(p.name for p in (run / "models").iterdir() if p.is_dir())
     assert models == ["Tiny-Depth-Base", "Tiny-Depth-Instruct", "Tiny-Width-Base", "Tiny-Width-Instruct"]
     packaged = run / "models" / "Tiny-Width-Base"
@@ -140,6 +145,7 @@ def test_model_card_renders_valid_metadata_from_the_run(finished_run):
     instruct = ModelCard.load(run / "models" / "Tiny-Width-Instruct" / "README.md")
     assert instruct.data.base_model == "me/Tiny-Width-Base"
     assert "Alignment" in instruct.content and "20 rows of sft.jsonl" in instruct.content
+    assert "### Quantized variants" in instruct.content and "| int8 |" in instruct.content
     base = ModelCard.load(run / "models" / "Tiny-Width-Base" / "README.md")
     assert base.data.base_model is None  # a local teacher: no repository to point to
     assert "`teacher`" in base.content
@@ -161,7 +167,7 @@ def test_resume_skips_finished_stages_and_reruns_what_changed(finished_run, tmp_
     run_recipe(parse_recipe(changed), run, resume=True, publish=False)
     after = stage_times(run)
     assert after["importance"] == before["importance"] and after["prune"] == before["prune"]
-    assert all(after[s] != before[s] for s in ("distill", "align", "evaluate", "models"))
+    assert all(after[s] != before[s] for s in ("distill", "align", "evaluate", "quantize", "models"))
     assert "inputs changed since it ran" in capsys.readouterr().err
 
     (folder / "text.txt").write_text((folder / "text.txt").read_text() + "\n\nOne more line of text.")
@@ -190,6 +196,7 @@ def test_resume_skips_finished_stages_and_reruns_what_changed(finished_run, tmp_
         (lambda v: v["distill"].update(max_steps="ten"), "'max_steps' must be int"),
         (lambda v: v.pop("teacher"), "missing teacher"),
         (lambda v: v["publish"].update(repo_id="no-org"), "ORG/NAME"),
+        (lambda v: v["quantize"].update(schemes=["int3"]), "unknown scheme\\(s\\) int3"),
     ],
 )
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path, edit, message):

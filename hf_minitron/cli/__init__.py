@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import MinitronError
-from . import benchmark, demo, evaluate, generate_data, importance, prune, publish, run, search, training
+from . import benchmark, demo, evaluate, generate_data, importance, prune, publish, quantize, run, search, training
 from .common import parse_with_config
 
 COMMANDS = {
@@ -27,6 +27,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = argparse.ArgumentParser(prog="hf-minitron", description="Prune and distil Hugging Face causal LMs.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     commands = {name: module.register(subparsers) for name, module in COMMANDS.items()}
+    commands.update(quantize.register(subparsers))  # quantize and export-gguf
     training.register(subparsers)  # parsed by TrlParser in main(), listed here for --help
     return parser, commands
 

@@ -1,5 +1,5 @@
 """The whole Minitron chain as resumable stages: correct → importance → prune → (generate data) → distil →
-(align) → evaluate → model cards → (publish)."""
+(align) → evaluate → (quantize) → model cards → (publish)."""
 
 from .recipe import DEMO_RECIPE, Recipe, load_recipe, parse_recipe
 from .runner import STAGE_NAMES, run_recipe

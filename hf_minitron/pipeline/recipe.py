@@ -48,6 +48,13 @@ class Evaluation:
 
 
 @dataclass
+class Quantize:
+    schemes: list[str] = field(default_factory=lambda: ["int8"])  # torchao: int8, int4, fp8 (GPU)
+    group_size: int = 32  # int4 inputs per scale
+    gguf: list[str] = field(default_factory=list)  # GGUF types to export: F16, Q8_0, Q4_0, ...
+
+
+@dataclass
 class Card:
     language: list[str] = field(default_factory=lambda: ["en"])
     license: str | None = None  # None: carried from the teacher
@@ -76,6 +83,7 @@ class Recipe:
     generate_data: dict[str, Any] | None = None
     align: dict[str, Any] | None = None
     evaluate: Evaluation = field(default_factory=Evaluation)
+    quantize: Quantize | None = None
     card: Card = field(default_factory=Card)
     publish: Publish | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -234,6 +242,7 @@ def parse_recipe(values: dict) -> Recipe:
         generate_data=generate,
         align=_config_section(values.get("align"), "align", alignment_config_class()),
         evaluate=_dataclass_section(Evaluation, values.get("evaluate", {}), "evaluate"),
+        quantize=_quantize_section(values.get("quantize")),
         card=_dataclass_section(Card, values.get("card", {}), "card"),
         publish=_dataclass_section(Publish, values.get("publish"), "publish"),
         raw=copy.deepcopy(values),
@@ -244,6 +253,17 @@ def parse_recipe(values: dict) -> Recipe:
     if recipe.publish is not None and recipe.publish.repo_id.count("/") != 1:
         _fail("publish", f"repo_id '{recipe.publish.repo_id}' must be ORG/NAME")
     return recipe
+
+
+def _quantize_section(values) -> Quantize | None:
+    from ..quantization import GGUF_TYPES, SCHEMES
+
+    section = _dataclass_section(Quantize, values, "quantize")
+    if section is not None:
+        wrong = [s for s in section.schemes if s not in SCHEMES] + [t for t in section.gguf if t not in GGUF_TYPES]
+        if wrong:
+            _fail("quantize", f"unknown scheme(s) {', '.join(map(str, wrong))}", [*SCHEMES, *GGUF_TYPES])
+    return section
 
 
 def load_recipe(path: str | Path) -> Recipe:

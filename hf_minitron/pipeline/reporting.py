@@ -192,6 +192,12 @@ def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
         "language": recipe.card.language,
         "datasets": sorted(set(datasets)),
     }
+    quantized = run.folder("quantize") / "results.json"
+    made_from = "Instruct" if recipe.align else "Base"
+    if recipe.quantize and quantized.is_file() and kind == made_from:
+        from .quantized import quantized_table
+
+        facts["quantized"] = quantized_table(json.loads(quantized.read_text())[name], markdown=True)
     if kind == "Instruct":
         base_id = variant_repo_id(base_repo, variant, "Base")
         facts["base"] = model_link(base_id)
@@ -279,6 +285,14 @@ def summary(run: Run, records: dict) -> tuple[str, dict]:
                 f"{ratio:.2f}×" if ratio else "-",
             ]
         )
+    table = format_table(rows)
+    quantized = run.folder("quantize") / "results.json"
+    quantized = json.loads(quantized.read_text()) if run.recipe.quantize and quantized.is_file() else {}
+    if quantized:
+        from .quantized import quantized_table
+
+        for name, variants in quantized.items():
+            table += f"\n\nQuantized variants of {name}:\n" + quantized_table(variants)
     tokens = {name: s["tokens"] for name, s in records["distill"]["students"].items()}
     data = {
         "results": results,
@@ -287,5 +301,6 @@ def summary(run: Run, records: dict) -> tuple[str, dict]:
         "generations": generations,
         "throughput": speed,
         "perplexity_data": records["evaluate"]["perplexity_data"],
+        "quantized": quantized,
     }
-    return format_table(rows), data
+    return table, data

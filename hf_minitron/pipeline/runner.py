@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import MinitronError
 from ..fingerprints import fingerprint
 from ..outputs import atomic_output_dir, write_text_atomically
-from . import reporting, stages
+from . import quantized, reporting, stages
 from .recipe import GENERATED, Recipe, load_recipe
 
 STAGE_FILE = "stage.json"
@@ -47,7 +47,14 @@ ALL_STAGES = (
     Stage("distill", "distill", ("prune", "generate_data"), stages.distill),
     Stage("align", "align", ("distill", "generate_data"), stages.align),
     Stage("evaluate", "evaluate", ("prune", "distill", "align"), reporting.evaluate),
-    Stage("model_card", "models", ("importance", "prune", "distill", "align", "evaluate"), reporting.model_card, True),
+    Stage("quantize", "quantize", ("distill", "align", "evaluate"), quantized.quantize),
+    Stage(
+        "model_card",
+        "models",
+        ("importance", "prune", "distill", "align", "evaluate", "quantize"),
+        reporting.model_card,
+        True,
+    ),
     Stage("publish", "publish", ("model_card",), reporting.publish, True),
 )
 STAGE_NAMES = tuple(stage.name for stage in ALL_STAGES)
@@ -74,6 +81,7 @@ def _settings(recipe: Recipe, name: str):
         "distill": recipe.distill,
         "align": recipe.align,
         "evaluate": asdict(recipe.evaluate),
+        "quantize": asdict(recipe.quantize) if recipe.quantize else None,
         "model_card": {
             "card": asdict(recipe.card),
             "name": recipe.name,
@@ -95,6 +103,7 @@ def enabled_stages(recipe: Recipe, publish: bool = True) -> list[Stage]:
         "teacher_correction": recipe.teacher_correction is not None,
         "generate_data": recipe.generate_data is not None,
         "align": recipe.align is not None,
+        "quantize": recipe.quantize is not None,
         "publish": publish and recipe.publish is not None,
     }
     return [stage for stage in ALL_STAGES if optional.get(stage.name, True)]

@@ -13,11 +13,11 @@ from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.distillation_data import (
     BUILTIN_PROMPTS,
     GenerationSettings,
+    backends,
     builtin_seed_prompts,
     generate_distillation_data,
     load_prompts,
 )
-from hf_minitron.distillation_data import generate as generate_module
 
 from helpers import char_tokenizer, save_tiny, tiny_model
 
@@ -88,7 +88,7 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, monkeypatch):
     model, tokenizer = tiny_model(), char_tokenizer()
     generate_distillation_data(model, PROMPTS, tmp_path / "whole", settings(), tokenizer=tokenizer, progress=False)
 
-    real = generate_module._TransformersBackend.generate
+    real = backends.TransformersBackend.generate
     calls = {"n": 0}
 
     def failing(self, texts, settings_):
@@ -97,11 +97,11 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, texts, settings_)
 
-    monkeypatch.setattr(generate_module._TransformersBackend, "generate", failing)
+    monkeypatch.setattr(backends.TransformersBackend, "generate", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_distillation_data(model, PROMPTS, tmp_path / "cut", settings(), tokenizer=tokenizer, progress=False)
     assert sorted(p.name for p in (tmp_path / "cut" / "data").iterdir()) == ["shard-00000.parquet"]
-    monkeypatch.setattr(generate_module._TransformersBackend, "generate", real)
+    monkeypatch.setattr(backends.TransformersBackend, "generate", real)
     resumed = generate_distillation_data(
         model, PROMPTS, tmp_path / "cut", settings(), tokenizer=tokenizer, progress=False
     )

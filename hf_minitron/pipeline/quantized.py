@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import evaluate_model
 from ..quantization import export_gguf, quantize_model
 from ..quantization.weights import folder_bytes
 from .stages import Run
@@ -29,7 +28,7 @@ def quantize(run: Run, folder: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
     from ..evaluation.throughput import ThroughputSettings, benchmark_throughput
-    from .reporting import THROUGHPUT
+    from .reporting import THROUGHPUT, score_model
 
     settings, evaluation = run.recipe.quantize, run.recipe.evaluate
     _, tokenizer = run.teacher()
@@ -57,16 +56,7 @@ def quantize(run: Run, folder: Path) -> dict:
         )
         table[name] = {}
         for variant, model in models.items():
-            result = evaluate_model(
-                model.eval(),
-                tokenizer,
-                tasks=evaluation.tasks or None,
-                perplexity_data=evaluation.perplexity_data,
-                limit=evaluation.limit,
-                seq_len=evaluation.seq_len,
-                max_tokens=evaluation.max_tokens,
-                progress=False,
-            )
+            result = score_model(model, tokenizer, evaluation)
             table[name][variant] = {
                 "bytes": sizes[variant],
                 "perplexity": result.get("perplexity", {}).get("perplexity"),

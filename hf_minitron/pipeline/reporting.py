@@ -47,16 +47,7 @@ def evaluate(run: Run, folder: Path) -> dict:
     teacher, tokenizer = run.teacher()
 
     def score(model):
-        return evaluate_model(
-            model.eval(),
-            tokenizer,
-            tasks=settings.tasks or None,
-            perplexity_data=settings.perplexity_data,
-            limit=settings.limit,
-            seq_len=settings.seq_len,
-            max_tokens=settings.max_tokens,
-            progress=False,
-        )
+        return score_model(model, tokenizer, settings)
 
     results = {"teacher": score(teacher)}
     finals = {"teacher": teacher}
@@ -77,6 +68,20 @@ def evaluate(run: Run, folder: Path) -> dict:
     (folder / "generations.json").write_text(json.dumps(generations, indent=2, ensure_ascii=False) + "\n")
     (folder / "throughput.json").write_text(json.dumps(speed, indent=2) + "\n")
     return {"models": list(results), "perplexity_data": describe_text_source(settings.perplexity_data or "")}
+
+
+def score_model(model, tokenizer, settings) -> dict:
+    """``evaluate_model`` with a recipe's evaluate settings (perplexity text, local tasks, limits)."""
+    return evaluate_model(
+        model.eval(),
+        tokenizer,
+        tasks=settings.tasks or None,
+        perplexity_data=settings.perplexity_data,
+        limit=settings.limit,
+        seq_len=settings.seq_len,
+        max_tokens=settings.max_tokens,
+        progress=False,
+    )
 
 
 def _brief(result: dict) -> str:

@@ -81,6 +81,10 @@ class ModelFamily:
     channel_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     # Config lists with one entry per layer, kept in step when layers are dropped.
     per_layer_config_lists: tuple[str, ...] = field(default=("layer_types",))
+    # GGUF export: llama.cpp's architecture name (None: not exported), and whether q/k rows are
+    # reordered from HF's two-halves rotary layout to llama.cpp's interleaved one.
+    gguf_architecture: str | None = None
+    gguf_rotary_permute: bool = False
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
@@ -89,18 +93,23 @@ FAMILIES: tuple[ModelFamily, ...] = (
         model_types=("llama",),
         pruning_plan=_DECODER_PLAN,
         notes="Llama-2/3.x; explicit head_dim; GQA; optional attention_bias / mlp_bias; tied or untied embeddings",
+        gguf_architecture="llama",
+        gguf_rotary_permute=True,
     ),
     ModelFamily(
         name="Mistral",
         model_types=("mistral",),
         pruning_plan=_DECODER_PLAN,
         notes="Llama layout with sliding-window attention",
+        gguf_architecture="llama",  # llama.cpp runs Mistral as the llama architecture
+        gguf_rotary_permute=True,
     ),
     ModelFamily(
         name="Qwen2",
         model_types=("qwen2",),
         pruning_plan=_DECODER_PLAN,
         notes="q/k/v projections always carry a bias; o_proj has none",
+        gguf_architecture="qwen2",
     ),
     ModelFamily(
         name="Qwen3",

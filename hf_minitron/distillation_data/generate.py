@@ -185,10 +185,10 @@ def generate_distillation_data(
 
     (output / "data").mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
-    empty_shards = set((_read_record(output) or {}).get("empty_shards", [])) & done_shards
+    previous = _read_record(output) if done_shards else None
+    empty_shards = set((previous or {}).get("empty_shards", [])) & done_shards
     totals = {"rows": 0, "tokens": 0, "duplicates_dropped": 0, "seconds": 0.0}
-    previous = _read_record(output)
-    if previous and done_shards:
+    if previous:
         for key in totals:
             totals[key] = previous["progress"][key]
         seen = _seen_completions(output, done_shards)

@@ -123,7 +123,7 @@ def _changes(teacher: dict, student: dict) -> str:
     return ", ".join(changed) or "no dimension changed"
 
 
-def _training_summary(facts: dict, name: str, records: dict) -> str:
+def _training_summary(facts: dict, name: str) -> str:
     student = facts["students"][name]
     settings = facts["settings"]
     parts = [
@@ -178,7 +178,7 @@ def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
             "summary": _changes(teacher_shape, student_shape),
             "dropped_layers": records["prune"]["dropped_layers"].get(name) or [],
         },
-        "distillation": {"summary": _training_summary(records["distill"], name, records)},
+        "distillation": {"summary": _training_summary(records["distill"], name)},
         "shape_table": comparison_table(
             {
                 teacher_id.split("/")[-1]: ModelShape(**teacher_shape),
@@ -206,7 +206,7 @@ def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
     if kind == "Instruct":
         base_id = variant_repo_id(base_repo, variant, "Base")
         facts["base"] = model_link(base_id)
-        facts["alignment"] = {"summary": _training_summary(records["align"], name, records)}
+        facts["alignment"] = {"summary": _training_summary(records["align"], name)}
     return facts
 
 

@@ -89,13 +89,14 @@ def _settings(recipe: Recipe, name: str):
         },
         "publish": asdict(recipe.publish) if recipe.publish else None,
     }[name]
-    files = {}
-    for key, value in json.loads(json.dumps(section, default=str)).items() if isinstance(section, dict) else []:
+    flat = {}  # settings up to two levels deep, e.g. "calibration.data", "evaluate.tasks" entries
+    for key, value in (json.loads(json.dumps(section, default=str)) or {}).items():
         if isinstance(value, dict):
-            files.update({f"{key}.{k}": _local_signature(v) for k, v in value.items() if _local_signature(v)})
-        elif _local_signature(value):
-            files[key] = _local_signature(value)
-    return section, files
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    signatures = {key: _local_signature(value) for key, value in flat.items()}
+    return section, {key: signature for key, signature in signatures.items() if signature}
 
 
 def enabled_stages(recipe: Recipe, publish: bool = True) -> list[Stage]:

@@ -206,7 +206,7 @@ def _public_settings(section: dict) -> dict:
     public = {}
     for key, value in section.items():
         if key in ("dataset", "eval_dataset") and isinstance(value, str):
-            value = describe_source(value) if value != GENERATED else value
+            value = describe_text_source(value) if value != GENERATED else value
         if isinstance(value, (int, float, str, bool)):
             public[key] = value
     return public

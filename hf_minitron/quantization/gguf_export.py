@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from ..errors import MinitronError
+from ..families import FAMILIES, family_for
 from ..loading import load_model_and_tokenizer
 from ..outputs import check_output_dir
 
 GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
-# hf_minitron family → (GGUF architecture, whether q/k rows are permuted to llama.cpp's rotary layout)
-GGUF_ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
 
 
 def _permute_for_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -107,15 +106,16 @@ def export_gguf(
     else:
         model = model_or_path
 
-    model_type = model.config.model_type
-    if model_type not in GGUF_ARCHITECTURES:
+    family = family_for(model)
+    if family.gguf_architecture is None:
+        exportable = sorted(t for f in FAMILIES if f.gguf_architecture for t in f.model_types)
         raise MinitronError(
-            f"GGUF export supports {', '.join(sorted(GGUF_ARCHITECTURES))} models, not {model_type}",
+            f"GGUF export supports {', '.join(exportable)} models, not {model.config.model_type}",
             fix="export to safetensors and convert with llama.cpp's own script",
         )
     if include_tokenizer and tokenizer is None:
         raise MinitronError("GGUF export needs the tokenizer", fix="pass tokenizer=..., or include_tokenizer=False")
-    arch, permute = GGUF_ARCHITECTURES[model_type]
+    arch, permute = family.gguf_architecture, family.gguf_rotary_permute
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads

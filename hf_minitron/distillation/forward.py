@@ -27,6 +27,9 @@ PROJECTION = "minitron_projection"
 @dataclass
 class TeacherRequest:
     layers: tuple[int, ...] = ()
+    # A sharded teacher (FSDP, ZeRO-3) frees its gathered weights when its forward returns; the LM head
+    # the loss reads later is then copied out while it is still whole.
+    copy_head: bool = False
 
 
 @dataclass
@@ -78,6 +81,24 @@ def full_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def attach_projection(student, teacher_width: int) -> None:
+    """A learned map from the student's width to the teacher's for intermediate-state losses, trained with
+    the student and saved apart (never inside the exported model). No-op when the widths agree."""
+    student_width = student.config.hidden_size
+    if student_width == teacher_width or hasattr(student, PROJECTION):
+        return
+    projection = torch.nn.Linear(student_width, teacher_width, bias=False)
+    kept = (getattr(student.config, "minitron_pruning", None) or {}).get("kept_hidden_channels")
+    with torch.no_grad():
+        if kept and len(kept) == student_width:
+            # A width-pruned student's channels are a subset of the teacher's: start from that embedding.
+            projection.weight.zero_()
+            projection.weight[torch.tensor(kept), torch.arange(student_width)] = 1.0
+    weight = student.get_output_embeddings().weight
+    student.add_module(PROJECTION, projection.to(device=weight.device, dtype=weight.dtype))
+    student._keys_to_ignore_on_save = set(student._keys_to_ignore_on_save or ()) | {f"{PROJECTION}.weight"}
+
+
 def _capture_states(model, layers: tuple[int, ...]):
     """Hooks that keep the outputs of the given decoder layers (and the embeddings, as layer -1)."""
     family = family_for(model)
@@ -118,8 +139,11 @@ def _distillation_forward(self, original_forward, *args, distillation=None, **kw
     states = _post_norm(self, captured)
     weight = full_weight(self.get_output_embeddings().weight)
     if not is_student:
+        head = weight.detach()
+        if distillation.copy_head and weight is self.get_output_embeddings().weight:  # not already a gathered copy
+            head = head.clone()
         return TeacherOutputs(
-            hidden=hidden.detach(), states={k: v.detach() for k, v in states.items()}, head_weight=weight.detach()
+            hidden=hidden.detach(), states={k: v.detach() for k, v in states.items()}, head_weight=head
         )
     return _student_loss(self, distillation, hidden, states, weight)
 

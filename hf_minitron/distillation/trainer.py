@@ -17,7 +17,7 @@ from ..loading import load_model, load_tokenizer
 from .cached_teacher import CachedTeacherMixin
 from .callbacks import LossComponentsCallback, NonFiniteLossCallback, TeacherGapCallback
 from .config import DistillationConfig
-from .forward import PROJECTION, StudentRequest, TeacherRequest, enable_distillation_forward
+from .forward import PROJECTION, StudentRequest, TeacherRequest, attach_projection, enable_distillation_forward
 from .pairs import resolve_layer_pairs
 
 PROJECTION_FILE = "distillation_projection.safetensors"
@@ -95,7 +95,8 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
             self._attach_cache_rows_or_clean_up(args.output_dir)
             self.teacher = None
         else:
-            self._attach_projection(base, teacher)
+            if self.layer_pairs:
+                attach_projection(base, teacher.config.hidden_size)
             self.teacher = self._prepare_teacher(teacher, args)
         if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
             raise MinitronError(
@@ -142,22 +143,6 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
                 "distil a student that shares the teacher's tokenizer (a pruned student always does)",
             )
 
-    def _attach_projection(self, student, teacher) -> None:
-        """A learned map from the student's width to the teacher's, trained with the student, saved apart."""
-        student_width, teacher_width = student.config.hidden_size, teacher.config.hidden_size
-        if not self.layer_pairs or student_width == teacher_width:
-            return
-        projection = torch.nn.Linear(student_width, teacher_width, bias=False)
-        kept = (getattr(student.config, "minitron_pruning", None) or {}).get("kept_hidden_channels")
-        with torch.no_grad():
-            if kept and len(kept) == student_width:
-                # A width-pruned student's channels are a subset of the teacher's: start from that embedding.
-                projection.weight.zero_()
-                projection.weight[torch.tensor(kept), torch.arange(student_width)] = 1.0
-        weight = student.get_output_embeddings().weight
-        student.add_module(PROJECTION, projection.to(device=weight.device, dtype=weight.dtype))
-        student._keys_to_ignore_on_save = set(student._keys_to_ignore_on_save or ()) | {f"{PROJECTION}.weight"}
-
     def _prepare_teacher(self, teacher, args):
         teacher.eval()
         teacher.requires_grad_(False)
@@ -166,6 +151,10 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
             from trl.models.utils import prepare_deepspeed
 
             return prepare_deepspeed(teacher, self.accelerator)
+        if self.is_fsdp_enabled and self.accelerator.is_fsdp2:
+            from .sharding import shard_teacher_like_student
+
+            return shard_teacher_like_student(teacher, self.accelerator).eval()
         if self.is_fsdp_enabled:
             from trl.models.utils import prepare_fsdp
 
@@ -197,7 +186,10 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         else:
             teacher_layers = tuple(t for t, _ in self.layer_pairs)
             with torch.no_grad():
-                teacher_outputs = self.teacher(**forward_inputs, distillation=TeacherRequest(layers=teacher_layers))
+                request = TeacherRequest(
+                    layers=teacher_layers, copy_head=self.is_fsdp_enabled or self.is_deepspeed_enabled
+                )
+                teacher_outputs = self.teacher(**forward_inputs, distillation=request)
         num_items = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != -100).sum()
         args = self.args
         request = StudentRequest(

@@ -1,4 +1,4 @@
-"""hf_minitron: the Minitron recipe (prune → distil) for Hugging Face causal language models."""
+"""hf_minitron: the Minitron recipe (prune → re-fit → distil) for Hugging Face causal language models."""
 
 from .data import CalibrationSet, build_calibration_set
 from .errors import MinitronError
@@ -6,6 +6,7 @@ from .families import FAMILIES, family_for
 from .importance import ImportanceScores, estimate_importance
 from .loading import builtin_teacher, load_model, load_model_and_tokenizer, load_tokenizer
 from .pruning import PruningConfig, prune_model, save_pruned_model
+from .reconstruction import ReconstructionConfig, reconstruct_model, reconstruct_models
 from .shapes import model_shape
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "ImportanceScores",
     "MinitronError",
     "PruningConfig",
+    "ReconstructionConfig",
     "build_calibration_set",
     "builtin_teacher",
     "estimate_importance",
@@ -48,6 +50,8 @@ __all__ = [
     "load_tokenizer",
     "model_shape",
     "prune_model",
+    "reconstruct_model",
+    "reconstruct_models",
     "save_pruned_model",
     *_LAZY,
 ]

@@ -77,6 +77,8 @@ class ModelFamily:
     # attention output and the per-neuron MLP activation (after the gated activation).
     head_activation_input: str = "self_attn.o_proj"
     neuron_activation_input: str = "mlp.down_proj"
+    # The module whose input is the residual stream between attention and MLP (reconstruction reads it).
+    residual_after_attention_reader: str = "post_attention_layernorm"
     # Norms whose outputs give embedding-channel importance.
     channel_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     # Config lists with one entry per layer, kept in step when layers are dropped.

@@ -1,5 +1,6 @@
 """The command line on tiny checkpoints on disk, and every bad input: clear message, nothing written."""
 
+import json
 import re
 import subprocess
 import sys
@@ -65,13 +66,17 @@ def test_importance_then_prune_from_saved_scores(workspace, capsys):
     )
     out = capsys.readouterr().out
     assert "params w/o embeddings" in out and "hidden size" in out and "Dropped layers" in out
+    assert "Reconstructed on" in out  # on by default, fitted on the --data text
     model = AutoModelForCausalLM.from_pretrained(workspace / "pruned")
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (36, 2)
     assert (workspace / "pruned" / "importance" / "importance.safetensors").is_file()
     assert (workspace / "pruned" / "tokenizer.json").is_file()
+    report = json.loads((workspace / "pruned" / "reconstruction.json").read_text())
+    assert [fit.get("span") for fit in report["layers"] if "layer" in fit and fit["layer"] != "final_norm"]
+    assert model.config.minitron_pruning["reconstruction"]["settings"]["span_method"] == "refit"
     # Provenance names the source by its folder name only: no local path leaks into what gets published.
     assert model.config.minitron_pruning["source_model"] == "model"
-    for written in ("config.json", "importance/importance.json", "pruning_config.json"):
+    for written in ("config.json", "importance/importance.json", "pruning_config.json", "reconstruction.json"):
         assert str(workspace) not in (workspace / "pruned" / written).read_text()
 
 
@@ -81,10 +86,12 @@ def test_prune_from_yaml_config_with_flag_override(workspace):
         f"model: {workspace / 'model'}\ndata: {workspace / 'text.txt'}\nnum_samples: 4\n"
         "seq_len: 32\nintermediate_size: 40\nnum_attention_heads: 3\nnum_key_value_heads: 1\n"
     )
-    assert run("prune", "--config", recipe, "--intermediate-size", 64, "--output", workspace / "out") == 0
-    config = AutoModelForCausalLM.from_pretrained(workspace / "out").config
+    out = workspace / "out"
+    assert run("prune", "--config", recipe, "--intermediate-size", 64, "--no-reconstruct", "--output", out) == 0
+    config = AutoModelForCausalLM.from_pretrained(out).config
     assert (config.intermediate_size, config.num_attention_heads, config.num_key_value_heads) == (64, 3, 1)
-    assert PruningConfig.from_pretrained(workspace / "out").intermediate_size == 64
+    assert PruningConfig.from_pretrained(out).intermediate_size == 64
+    assert "reconstruction" not in config.minitron_pruning and not (out / "reconstruction.json").exists()
 
 
 def test_console_script_is_installed(workspace):

@@ -100,6 +100,8 @@ def test_every_stage_writes_its_folder_and_the_summary(finished_run):
     assert result["stages"] == STAGES
     for name in ("importance", "prune/width", "prune/depth", "distill/width", "align/depth", "evaluate"):
         assert (run / name).is_dir()
+    for name in ("width", "depth"):  # both students re-fitted on the calibration text before distillation
+        assert json.loads((run / "prune" / name / "reconstruction.json").read_text())["layers"]
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["results"]) == {"teacher"} | {
         f"{s} {stage}" for s in ("width", "depth") for stage in ("pruned", "distilled", "aligned")
@@ -141,6 +143,7 @@ def test_model_card_renders_valid_metadata_from_the_run(finished_run):
         assert card.data.license == "other" and card.data.library_name == "transformers"
         text = card.content
         assert "| layers | 4 | 4 |" in text and "| hidden size | 48 | 36 |" in text
+        assert "**Reconstruction** without training" in text and "L2 over the batch, mean over the sequence" in text
         assert str(folder) not in text and "/tmp" not in text
     instruct = ModelCard.load(run / "models" / "Tiny-Width-Instruct" / "README.md")
     assert instruct.data.base_model == "me/Tiny-Width-Base"

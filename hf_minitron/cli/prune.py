@@ -1,14 +1,19 @@
-"""`hf-minitron prune`: prune a model to a target shape and save a folder plain transformers loads."""
+"""`hf-minitron prune`: prune a model to a target shape, re-fit it, and save a folder plain transformers loads."""
 
 from __future__ import annotations
 
-from ..data import check_text_source
+import argparse
+import copy
+
+from ..data import build_calibration_set, check_text_source
 from ..errors import MinitronError
 from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
 from ..outputs import check_output_dir
 from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
 from ..pruning.plan import needed_block_measurement
+from ..reconstruction import ReconstructionConfig, reconstruct_model
+from ..reconstruction.config import LAYER_CHOICES, SPAN_METHODS
 from ..shapes import comparison_table, model_shape
 from .common import add_data_args, add_model_args, add_output_args, require
 from .importance import add_importance_args, compute_scores
@@ -29,9 +34,39 @@ def register(subparsers):
     parser.add_argument("--scores", default=None, help="folder of saved importance scores (skips estimation)")
     add_data_args(parser)
     add_importance_args(parser)
+    add_reconstruction_args(parser)
     add_output_args(parser)
     parser.set_defaults(run=run)
     return parser
+
+
+def add_reconstruction_args(parser) -> None:
+    defaults = ReconstructionConfig()
+    group = parser.add_argument_group("reconstruction (re-fitting the pruned weights on the calibration data)")
+    group.add_argument(
+        "--reconstruct",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="re-fit each layer's attention and MLP output projections by least squares (default: on)",
+    )
+    group.add_argument("--reconstruction-damping", type=float, default=defaults.damping, help="ridge strength")
+    group.add_argument(
+        "--reconstruction-samples", type=int, default=None, help="calibration samples to fit on (default: all)"
+    )
+    group.add_argument("--span-method", choices=SPAN_METHODS, default=defaults.span_method)
+    group.add_argument("--reconstruct-layers", choices=LAYER_CHOICES, default=defaults.layers)
+
+
+def reconstruction_config_from_args(args) -> ReconstructionConfig | None:
+    if not args.reconstruct:
+        return None
+    return ReconstructionConfig(
+        damping=args.reconstruction_damping,
+        num_samples=args.reconstruction_samples,
+        span_method=args.span_method,
+        layers=args.reconstruct_layers,
+        batch_size=args.batch_size,
+    )
 
 
 def pruning_config_from_args(args) -> PruningConfig:
@@ -48,9 +83,10 @@ def pruning_config_from_args(args) -> PruningConfig:
 def run(args) -> None:
     require(args, "output")
     config = pruning_config_from_args(args)
+    reconstruction = reconstruction_config_from_args(args)
     check_output_dir(args.output, args.overwrite)
     scores = ImportanceScores.load(args.scores) if args.scores else None
-    if scores is None:
+    if scores is None or reconstruction is not None:
         require(args, "data")
         check_text_source(args.data)
     model, tokenizer = load_model_and_tokenizer(
@@ -69,12 +105,40 @@ def run(args) -> None:
             setattr(args, flag, sorted({*getattr(args, flag), block}))
         scores = compute_scores(args, model, tokenizer)
     before = model_shape(model)
-    prune_model(model, config, scores)
+    # Reconstruction fits the student to the unpruned model, so it prunes a copy (twice the memory).
+    student = prune_model(copy.deepcopy(model) if reconstruction else model, config, scores)
+    report = None
+    if reconstruction is not None:
+        calibration = build_calibration_set(
+            args.data,
+            tokenizer,
+            num_samples=args.reconstruction_samples or args.num_samples,
+            seq_len=args.seq_len,
+            packing=args.packing,
+            text_column=args.text_column,
+            dataset_config=args.dataset_config,
+            split=args.split,
+        )
+        report = reconstruct_model(student, model, calibration, config=reconstruction)
+        del model
     save_pruned_model(
-        model, args.output, tokenizer=tokenizer, pruning_config=config, scores=scores, overwrite=args.overwrite
+        student,
+        args.output,
+        tokenizer=tokenizer,
+        pruning_config=config,
+        scores=scores,
+        reconstruction=report,
+        overwrite=args.overwrite,
     )
-    print(comparison_table({"source": before, "pruned": model_shape(model)}))
-    dropped = model.config.minitron_pruning["dropped_layers"]
-    if dropped:
-        print(f"Dropped layers: {dropped}")
+    print(comparison_table({"source": before, "pruned": model_shape(student)}))
+    record = student.config.minitron_pruning
+    if record["dropped_layers"]:
+        print(f"Dropped layers: {record['dropped_layers']}")
+    if report is not None:
+        summary = record["reconstruction"]
+        print(
+            f"Reconstructed on {summary['tokens']} tokens in {summary['seconds']} s: mean relative error of the "
+            f"attention fits {summary['attention_error'][0]} → {summary['attention_error'][1]}, "
+            f"MLP fits {summary['mlp_error'][0]} → {summary['mlp_error'][1]}"
+        )
     print(f"Saved to {args.output} (loads with AutoModelForCausalLM.from_pretrained)")

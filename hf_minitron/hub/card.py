@@ -6,7 +6,8 @@ Fields the templates use:
 
 name, variant (Width/Depth), kind (Base/Instruct), repo_id, teacher {id, url, license},
 base {id, url} (Instruct only), params {teacher_total, student_total, student_non_embedding, ratio},
-importance {calibration, aggregation}, pruning {summary, dropped_layers}, distillation {summary},
+importance {calibration, aggregation}, pruning {summary, dropped_layers}, reconstruction (a sentence or None),
+distillation {summary},
 alignment {summary} (Instruct only), shape_table, evaluation {student: results, teacher: results},
 throughput, plots [{title, file}], intended_use, language, datasets (Hub ids only).
 """

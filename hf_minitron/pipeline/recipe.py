@@ -20,6 +20,7 @@ import yaml
 
 from ..errors import MinitronError
 from ..pruning import PruningConfig
+from ..reconstruction import ReconstructionConfig
 
 DEMO_RECIPE = Path(__file__).with_name("smollm2-135m-demo.yaml")
 GENERATED = "generated"  # a dataset value meaning "the generate_data stage's output"
@@ -79,6 +80,8 @@ class Recipe:
     model_dtype: str = "float32"
     device_map: str | None = None
     calibration: Calibration = field(default_factory=Calibration)
+    # Least-squares re-fit of every pruned student on the calibration data (None: off).
+    reconstruction: ReconstructionConfig | None = field(default_factory=ReconstructionConfig)
     teacher_correction: dict[str, Any] | None = None
     generate_data: dict[str, Any] | None = None
     align: dict[str, Any] | None = None
@@ -236,6 +239,7 @@ def parse_recipe(values: dict) -> Recipe:
         model_dtype=values.get("model_dtype", "float32"),
         device_map=values.get("device_map"),
         calibration=_dataclass_section(Calibration, values.get("calibration", {}), "calibration"),
+        reconstruction=_reconstruction_section(values.get("reconstruction", {})),
         teacher_correction=_config_section(
             values.get("teacher_correction"), "teacher_correction", TeacherCorrectionConfig
         ),
@@ -253,6 +257,20 @@ def parse_recipe(values: dict) -> Recipe:
     if recipe.publish is not None and recipe.publish.repo_id.count("/") != 1:
         _fail("publish", f"repo_id '{recipe.publish.repo_id}' must be ORG/NAME")
     return recipe
+
+
+def _reconstruction_section(values) -> ReconstructionConfig | None:
+    """On unless the recipe says ``reconstruction: false``; a mapping sets ReconstructionConfig's fields."""
+    if values is False or values is None:
+        return None
+    if values is True:
+        values = {}
+    try:
+        return _dataclass_section(ReconstructionConfig, values, "reconstruction")
+    except MinitronError as error:
+        if "Recipe section" in str(error):
+            raise
+        _fail("reconstruction", str(error))
 
 
 def _quantize_section(values) -> Quantize | None:

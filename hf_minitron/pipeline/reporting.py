@@ -123,6 +123,36 @@ def _changes(teacher: dict, student: dict) -> str:
     return ", ".join(changed) or "no dimension changed"
 
 
+_AGGREGATIONS = {"l2": "L2", "mean": "mean", "var": "variance"}
+
+
+def _aggregation_text(aggregation: dict) -> str:
+    batch, seq = aggregation.get("batch_aggregation", "l2"), aggregation.get("seq_aggregation", "mean")
+    return f"{_AGGREGATIONS[batch]} over the batch, {_AGGREGATIONS[seq]} over the sequence"
+
+
+def _reconstruction_text(summary: dict | None) -> str | None:
+    """One sentence for the card: what was re-fitted, on what, and how much closer it came to the teacher."""
+    if not summary:
+        return None
+    settings = summary["settings"]
+    parts = [p for p, on in (("attention", settings["attention_output"]), ("MLP", settings["mlp_output"])) if on]
+    errors = [
+        f"{label} {summary[key][0]:.3f} → {summary[key][1]:.3f}"
+        for label, key in (("attention", "attention_error"), ("MLP", "mlp_error"))
+        if summary.get(key) and summary[key][0] is not None
+    ]
+    which = "every layer" if settings["layers"] == "all" else "the changed layers"
+    text = (
+        f"the {' and '.join(parts)} output projections of {which} were re-fitted by ridge least squares "
+        f"(damping {settings['damping']}) on {summary['tokens']} tokens of {summary['data']}, layer by layer "
+        "on the inputs of the already re-fitted layers below"
+    )
+    if errors:
+        text += f"; mean relative error against the teacher's residual stream {', '.join(errors)}"
+    return text
+
+
 def _training_summary(facts: dict, name: str) -> str:
     student = facts["students"][name]
     settings = facts["settings"]
@@ -172,12 +202,13 @@ def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
         },
         "importance": {
             "calibration": f"{calibration['calibration_tokens']} tokens of {calibration['calibration']}",
-            "aggregation": "L2 over the batch, mean over the sequence",
+            "aggregation": _aggregation_text(calibration.get("aggregation", {})),
         },
         "pruning": {
             "summary": _changes(teacher_shape, student_shape),
             "dropped_layers": records["prune"]["dropped_layers"].get(name) or [],
         },
+        "reconstruction": _reconstruction_text((records["prune"].get("reconstruction") or {}).get(name)),
         "distillation": {"summary": _training_summary(records["distill"], name)},
         "shape_table": comparison_table(
             {

@@ -76,7 +76,11 @@ def _settings(recipe: Recipe, name: str):
             "calibration": asdict(recipe.calibration),
             "students": {k: v.to_dict() for k, v in recipe.students.items()},
         },
-        "prune": {k: v.to_dict() for k, v in recipe.students.items()},
+        "prune": {
+            "students": {k: v.to_dict() for k, v in recipe.students.items()},
+            "reconstruction": recipe.reconstruction.to_dict() if recipe.reconstruction else None,
+            "calibration": asdict(recipe.calibration) if recipe.reconstruction else None,
+        },
         "generate_data": recipe.generate_data,
         "distill": recipe.distill,
         "align": recipe.align,

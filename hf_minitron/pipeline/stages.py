@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..alignment.sft import AlignmentConfig, align_model
-from ..data import build_calibration_set, describe_text_source, load_training_dataset
+from ..data import CalibrationSet, build_calibration_set, describe_text_source, load_training_dataset
 from ..errors import MinitronError
 from ..loading import describe_source, load_model, load_model_and_tokenizer
 from ..pruning import check_pruning_config, prune_model, save_pruned_model
@@ -32,6 +32,7 @@ class Run:
     def __init__(self, recipe: Recipe, output_dir: Path):
         self.recipe, self.output_dir = recipe, output_dir
         self._teacher = None
+        self._calibration: CalibrationSet | None = None
 
     def folder(self, stage: str) -> Path:
         return self.output_dir / stage
@@ -48,6 +49,20 @@ class Run:
             )
             self._teacher = (source, model, tokenizer)
         return self._teacher[1], self._teacher[2]
+
+    def calibration_set(self) -> CalibrationSet:
+        """The recipe's calibration text, tokenized once per run (importance and reconstruction share it)."""
+        if self._calibration is None:
+            settings = self.recipe.calibration
+            _, tokenizer = self.teacher()
+            self._calibration = build_calibration_set(
+                settings.data,
+                tokenizer,
+                num_samples=settings.num_samples,
+                seq_len=settings.seq_len,
+                dataset_config=settings.dataset_config,
+            )
+        return self._calibration
 
     def load(self, folder: Path):
         return load_model(str(folder), dtype=self.recipe.model_dtype, device_map=self.recipe.device_map)
@@ -85,7 +100,7 @@ def importance(run: Run, folder: Path) -> dict:
     from ..importance import estimate_importance
     from ..importance.depth import measure_block_lm_loss
 
-    teacher, tokenizer = run.teacher()
+    teacher, _ = run.teacher()
     settings = run.recipe.calibration
     layers = teacher.config.num_hidden_layers
     blocks = set()
@@ -99,38 +114,48 @@ def importance(run: Run, folder: Path) -> dict:
             )
         if needed:
             blocks.add(needed[1])
-    calibration = build_calibration_set(
-        settings.data,
-        tokenizer,
-        num_samples=settings.num_samples,
-        seq_len=settings.seq_len,
-        dataset_config=settings.dataset_config,
-    )
+    calibration = run.calibration_set()
     print(f"  calibrating on {calibration.num_tokens} tokens of {calibration.description}", file=sys.stderr)
     scores = estimate_importance(teacher, calibration_data=calibration, batch_size=settings.batch_size)
     if blocks:
-        from ..data import CalibrationSet
-
         subset = CalibrationSet(calibration.samples[: settings.block_search_samples], calibration.pad_token_id)
         scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, sorted(blocks))
     scores.save(folder)
-    return {"calibration": calibration.description, "calibration_tokens": calibration.num_tokens}
+    return {
+        "calibration": calibration.description,
+        "calibration_tokens": calibration.num_tokens,
+        "aggregation": {k: scores.metadata[k] for k in ("batch_aggregation", "seq_aggregation")},
+    }
 
 
 def prune(run: Run, folder: Path) -> dict:
+    """Prune every student from the teacher, re-fit them all in one teacher pass, save each."""
     from ..importance import ImportanceScores
+    from ..reconstruction import reconstruct_models
 
     teacher, tokenizer = run.teacher()
     scores = ImportanceScores.load(run.folder("importance"))
     shapes = {"teacher": model_shape(teacher).to_dict()}
-    dropped = {}
-    for name, config in run.recipe.students.items():
-        student = prune_model(copy.deepcopy(teacher), config, scores)
+    targets = run.recipe.students
+    students = {name: prune_model(copy.deepcopy(teacher), config, scores) for name, config in targets.items()}
+    reports = dict.fromkeys(students)
+    if run.recipe.reconstruction is not None:
+        calibration = run.calibration_set()
+        print(f"  reconstructing on {calibration.num_tokens} tokens of {calibration.description}", file=sys.stderr)
+        fitted = reconstruct_models(teacher, list(students.values()), calibration, config=run.recipe.reconstruction)
+        reports = dict(zip(students, fitted, strict=True))
+    facts = {"shapes": shapes, "dropped_layers": {}, "reconstruction": {}}
+    for name in list(students):
+        student = students.pop(name)
+        record = student.config.minitron_pruning
         shapes[name] = model_shape(student).to_dict()
-        dropped[name] = student.config.minitron_pruning["dropped_layers"]
-        save_pruned_model(student, folder / name, tokenizer=tokenizer, pruning_config=config)
+        facts["dropped_layers"][name] = record["dropped_layers"]
+        facts["reconstruction"][name] = record.get("reconstruction")
+        save_pruned_model(
+            student, folder / name, tokenizer=tokenizer, pruning_config=targets[name], reconstruction=reports[name]
+        )
         del student
-    return {"shapes": shapes, "dropped_layers": dropped}
+    return facts
 
 
 def generate_data(run: Run, folder: Path) -> dict:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import MinitronError
 from ..outputs import write_text_atomically
+from ..settings import settings_from_dict
 
 LAYER_SELECTIONS = ("block_importance", "lm_loss", "downstream", "explicit")
 CONFIG_NAME = "pruning_config.json"
@@ -83,14 +84,7 @@ class PruningConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> PruningConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise MinitronError(
-                f"Unknown pruning setting(s): {', '.join(unknown)}",
-                f"PruningConfig accepts {', '.join(sorted(known))}",
-            )
-        return cls(**values)
+        return settings_from_dict(cls, values, "pruning")
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / CONFIG_NAME

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from ..outputs import atomic_output_dir
 from .config import PruningConfig
 
 IMPORTANCE_SUBFOLDER = "importance"
+RECONSTRUCTION_FILE = "reconstruction.json"  # per-layer errors of the least-squares re-fit, when one was made
 
 
 def save_pruned_model(
@@ -19,9 +21,11 @@ def save_pruned_model(
     tokenizer=None,
     pruning_config: PruningConfig | None = None,
     scores: ImportanceScores | None = None,
+    reconstruction: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Save weights (safetensors), config, tokenizer, pruning config and the importance scores used.
+    """Save weights (safetensors), config, tokenizer, pruning config, the importance scores used and the
+    reconstruction report (``reconstruct_model``'s return value).
 
     The folder appears only when everything is written; on any failure nothing is left.
     """
@@ -33,4 +37,6 @@ def save_pruned_model(
             pruning_config.save_pretrained(staging)
         if scores is not None:
             scores.save(staging / IMPORTANCE_SUBFOLDER)
+        if reconstruction is not None:
+            (staging / RECONSTRUCTION_FILE).write_text(json.dumps(reconstruction, indent=2) + "\n")
     return Path(output_dir)

@@ -1,0 +1,144 @@
+"""The re-fits of one student layer against its teacher, each over every calibration batch.
+
+``StudentWalk`` is one student going through the calibration batches alongside the teacher: its
+own residual stream (the input of its next layer, computed by its already re-fitted layers) and
+the teacher channel each of its channels came from. Each fit streams the batches through the
+student layer, accumulates least-squares statistics against a target taken from the teacher's
+stream, and writes the solution into the layer's weights; it returns the relative error of the
+layer's output against that target before and after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..families import family_for, get_module
+from ..layers import decoder_layers
+from .layer_io import CalibrationBatch, run_layer
+from .least_squares import LeastSquares
+
+
+@dataclass
+class StudentWalk:
+    """One student's walk alongside the teacher."""
+
+    model: torch.nn.Module
+    kept: list[int]  # the teacher layer each student layer is a copy of
+    hidden: torch.Tensor | None  # the teacher channel of each student channel (None: all kept)
+    changed: set[int]  # student layers whose width differs from the teacher's
+    stream: list[torch.Tensor] = field(default_factory=list)  # per batch: input of the next student layer
+    pending: int | None = None  # student layer whose MLP fit waits for the end of a dropped span
+    fits: list[dict] = field(default_factory=list)
+
+    def select(self, teacher_hidden: torch.Tensor) -> torch.Tensor:
+        """The teacher's residual stream restricted to the student's channels."""
+        if self.hidden is None:
+            return teacher_hidden
+        return teacher_hidden.index_select(-1, self.hidden.to(teacher_hidden.device))
+
+    def layer(self, index: int) -> torch.nn.Module:
+        return decoder_layers(self.model)[index]
+
+    def advance(self, index: int, batches: list[CalibrationBatch]) -> None:
+        """Move the stream through student layer ``index`` (as it is now)."""
+        kwargs = [batch.layer_kwargs[self.kept[index]] for batch in batches]
+        layer = self.layer(index)
+        self.stream = [run_layer(self.model, layer, h, k).output for h, k in zip(self.stream, kwargs, strict=True)]
+
+
+def _write(problem: LeastSquares, linear: torch.nn.Linear, damping: float) -> dict:
+    before = problem.relative_error(linear.weight, linear.bias)
+    weight, bias = problem.solve(linear.weight, linear.bias, damping)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return {"error_before": before, "error_after": problem.relative_error(linear.weight, linear.bias)}
+
+
+def _problem(linear: torch.nn.Linear, inputs: int | None = None) -> LeastSquares:
+    size = linear.in_features if inputs is None else inputs
+    return LeastSquares(size, linear.out_features, linear.bias is not None, linear.weight.device)
+
+
+def fit_attention_output(walk: StudentWalk, index: int, batches, teacher_mids, damping: float) -> dict:
+    """Re-fit the attention output projection of student layer ``index`` on its kept heads' outputs, so
+    that the residual stream after attention follows the teacher's (``teacher_mids``, per batch)."""
+    layer = walk.layer(index)
+    projection = get_module(layer, family_for(walk.model).head_activation_input)
+    problem = _problem(projection)
+    for stream, mid, batch in zip(walk.stream, teacher_mids, batches, strict=True):
+        kwargs = batch.layer_kwargs[walk.kept[index]]
+        seen = run_layer(walk.model, layer, stream, kwargs, stop_after_attention=True)
+        device = seen.mid.device
+        target = walk.select(mid).to(device) - stream.to(device)
+        mask = batch.mask.to(device)
+        problem.add(seen.attention_output_input[mask], target[mask])
+    return _write(problem, projection, damping)
+
+
+def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping: float, as_map: bool) -> dict:
+    """Re-fit the MLP output projection of student layer ``index`` so the layer's output follows
+    ``teacher_next`` (per batch: the teacher's stream entering the student's next layer, which is after
+    any dropped span). ``as_map``: instead fit ReplaceMe's hidden × hidden map M (and offset c) on the MLP
+    output m, ``M·m + c``, and fold it into the projection."""
+    layer = walk.layer(index)
+    down = get_module(layer, family_for(walk.model).neuron_activation_input)
+    problem = _problem(down, down.out_features if as_map else None)
+    for stream, target_stream, batch in zip(walk.stream, teacher_next, batches, strict=True):
+        seen = run_layer(walk.model, layer, stream, batch.layer_kwargs[walk.kept[index]])
+        device = seen.mid.device
+        target = walk.select(target_stream).to(device) - seen.mid
+        inputs = seen.output - seen.mid if as_map else seen.mlp_output_input
+        mask = batch.mask.to(device)
+        problem.add(inputs[mask], target[mask])
+    if not as_map:
+        return _write(problem, down, damping)
+    size, options = down.out_features, {"dtype": down.weight.dtype, "device": down.weight.device}
+    identity = torch.eye(size, **options)
+    zero = torch.zeros(size, **options) if down.bias is not None else None
+    before = problem.relative_error(identity, zero)
+    matrix, offset = problem.solve(identity, zero, damping)  # pulled towards "the map does nothing"
+    after = problem.relative_error(matrix, offset)
+    with torch.no_grad():
+        fold_linear_map(down, matrix, offset)
+    return {"error_before": before, "error_after": after, "linear_map": True}
+
+
+def fold_linear_map(linear: torch.nn.Linear, matrix: torch.Tensor, offset: torch.Tensor | None = None) -> None:
+    """Make ``linear`` compute ``matrix · linear(x) + offset`` with its own weight (and bias), in place."""
+    wide = torch.float32 if linear.weight.device.type == "mps" else torch.float64
+    m = matrix.to(wide)
+    linear.weight.copy_((m @ linear.weight.to(wide)).to(linear.weight.dtype))
+    if linear.bias is not None:
+        bias = m @ linear.bias.to(wide) + (offset.to(wide) if offset is not None else 0)
+        linear.bias.copy_(bias.to(linear.bias.dtype))
+
+
+@torch.no_grad()
+def fit_final_norm(walk: StudentWalk, teacher, teacher_stream, batches, damping: float) -> dict:
+    """Per-channel scale of the student's final norm, so its normalised final state follows the teacher's
+    on the kept channels. Only the norm changes: the LM head (often tied to the embeddings) is untouched."""
+    family = family_for(teacher)
+    teacher_norm, norm = get_module(teacher, family.final_norm), get_module(walk.model, family.final_norm)
+    device = norm.weight.device
+    product = torch.zeros(norm.weight.shape[0], dtype=torch.float64, device=device)
+    energy, target_energy = torch.zeros_like(product), torch.zeros_like(product)
+    for stream, teacher_state, batch in zip(walk.stream, teacher_stream, batches, strict=True):
+        mask = batch.mask.to(device)
+        student_out = norm(stream.to(device))[mask].double()
+        teacher_out = walk.select(teacher_norm(teacher_state)).to(device)[mask].double()
+        product += (student_out * teacher_out).sum(0)
+        energy += student_out.pow(2).sum(0)
+        target_energy += teacher_out.pow(2).sum(0)
+    pull = damping * energy.mean()
+    scale = (product + pull) / (energy + pull)  # ridge towards 1: the weight as pruned
+
+    def error(s: torch.Tensor) -> float:
+        return float((s * s * energy - 2 * s * product + target_energy).sum() / target_energy.sum())
+
+    before, after = error(torch.ones_like(scale)), error(scale)
+    norm.weight.mul_(scale.to(norm.weight.dtype))
+    return {"layer": "final_norm", "error_before": before, "error_after": after}

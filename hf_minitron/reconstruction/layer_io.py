@@ -1,0 +1,127 @@
+"""Walking a decoder one layer at a time: what enters each layer, and what happens inside it.
+
+Reconstruction runs teacher and student layer by layer over the calibration batches, so it
+needs, for every batch, the input of layer 0 and the keyword arguments the decoder passes each
+layer (attention masks, which can differ per layer type; rotary position embeddings). Those are
+recorded by one pass of the decoder whose layers are swapped for pass-throughs: the embeddings,
+masks and rotary tables are computed by the model's own code, the layers themselves cost nothing.
+Inside a layer, forward hooks named by the family table capture the inputs of the attention
+output projection and of the MLP output projection, and the residual stream between the two.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..data import CalibrationSet
+from ..evaluation.perplexity import input_device
+from ..families import family_for, get_module
+from ..layers import decoder_layers
+
+
+@dataclass
+class CalibrationBatch:
+    """One batch as the decoder's layers see it."""
+
+    hidden: torch.Tensor  # input of layer 0 (the embedding output) [b, s, hidden]
+    layer_kwargs: list[dict]  # per layer: the keyword arguments the decoder passes it
+    mask: torch.Tensor  # [b, s] bool: real tokens (padding never enters a fit)
+
+
+@contextmanager
+def _pass_through_layers(layers, calls: list):
+    """Each layer returns its input unchanged and records (its input, the keyword arguments it got)."""
+
+    def make(index):
+        def forward(hidden_states, *args, **kwargs):
+            calls[index] = (hidden_states, kwargs)
+            return hidden_states
+
+        return forward
+
+    for index, layer in enumerate(layers):
+        layer.forward = make(index)  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+@torch.no_grad()
+def record_calibration_batches(model, calibration: CalibrationSet, batch_size: int) -> list[CalibrationBatch]:
+    """Layer-0 inputs and per-layer keyword arguments of ``model`` for every calibration batch."""
+    decoder = get_module(model, family_for(model).decoder)
+    layers = decoder_layers(model)
+    device = input_device(model)
+    batches = []
+    for batch in calibration.batches(batch_size):
+        calls: list = [None] * len(layers)
+        with _pass_through_layers(layers, calls):
+            decoder(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                use_cache=False,
+            )
+        for _, kwargs in calls:
+            kwargs.pop("hidden_states", None)
+            kwargs["use_cache"] = False
+        batches.append(
+            CalibrationBatch(
+                hidden=calls[0][0],
+                layer_kwargs=[kwargs for _, kwargs in calls],
+                mask=batch["attention_mask"].bool(),
+            )
+        )
+    return batches
+
+
+class _StopLayer(Exception):
+    """Raised inside a layer once everything asked for has been seen."""
+
+
+@dataclass
+class LayerActivations:
+    """What happened inside one decoder layer for one batch (tensors on the layer's device)."""
+
+    attention_output_input: torch.Tensor | None = None  # input of the attention output projection
+    mid: torch.Tensor | None = None  # the residual stream between attention and MLP
+    mlp_output_input: torch.Tensor | None = None  # input of the MLP output projection
+    output: torch.Tensor | None = None  # the layer's output
+
+
+@torch.no_grad()
+def run_layer(model, layer, hidden: torch.Tensor, kwargs: dict, stop_after_attention: bool = False) -> LayerActivations:
+    """Run one decoder layer of ``model`` with hooks; ``stop_after_attention`` skips the MLP."""
+    family = family_for(model)
+    seen = LayerActivations()
+
+    def attention_output(module, args):
+        seen.attention_output_input = args[0]
+
+    def mid(module, args):
+        seen.mid = args[0]
+        if stop_after_attention:
+            raise _StopLayer
+
+    def mlp_output(module, args):
+        seen.mlp_output_input = args[0]
+
+    handles = [
+        get_module(layer, family.head_activation_input).register_forward_pre_hook(attention_output),
+        get_module(layer, family.residual_after_attention_reader).register_forward_pre_hook(mid),
+        get_module(layer, family.neuron_activation_input).register_forward_pre_hook(mlp_output),
+    ]
+    device = next(layer.parameters()).device
+    try:
+        output = layer(hidden.to(device), **kwargs)
+        seen.output = output[0] if isinstance(output, tuple) else output
+    except _StopLayer:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen

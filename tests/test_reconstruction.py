@@ -1,0 +1,152 @@
+"""Reconstruction: the least-squares core against torch's solver, fits that lower the error they target,
+folding a linear map exactly, and reconstructed students that reload with identical logits."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_minitron import MinitronError, PruningConfig, estimate_importance, prune_model, save_pruned_model
+from hf_minitron.reconstruction import (
+    LeastSquares,
+    ReconstructionConfig,
+    fold_linear_map,
+    reconstruct_model,
+    reconstruct_models,
+)
+
+from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
+
+WIDTH = PruningConfig(hidden_size=24, intermediate_size=40, num_attention_heads=4)
+
+
+def random_problem(bias: bool, tokens: int = 300, inputs: int = 12, outputs: int = 5):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, inputs, generator=generator, dtype=torch.float64)
+    y = torch.randn(tokens, outputs, generator=generator, dtype=torch.float64)
+    problem = LeastSquares(inputs, outputs, bias, torch.device("cpu"))
+    for chunk in range(3):  # streamed in pieces, as calibration batches arrive
+        rows = slice(chunk * tokens // 3, (chunk + 1) * tokens // 3)
+        problem.add(x[rows], y[rows])
+    return problem, x, y
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_least_squares_equals_torch_lstsq(bias):
+    problem, x, y = random_problem(bias)
+    weight = torch.zeros(5, 12, dtype=torch.float64)
+    new_weight, new_bias = problem.solve(weight, torch.zeros(5, dtype=torch.float64) if bias else None, damping=0)
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) if bias else x
+    expected = torch.linalg.lstsq(design, y).solution.t()
+    torch.testing.assert_close(new_weight, expected[:, :12], rtol=1e-9, atol=1e-10)
+    if bias:
+        torch.testing.assert_close(new_bias, expected[:, 12], rtol=1e-9, atol=1e-10)
+
+
+def test_error_from_statistics_equals_the_direct_error_and_damping_pulls_towards_the_prior():
+    problem, x, y = random_problem(bias=False)
+    prior = torch.randn(5, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    direct = ((x @ prior.t() - y).pow(2).sum() / y.pow(2).sum()).item()
+    assert problem.relative_error(prior) == pytest.approx(direct, rel=1e-9)
+    fitted, _ = problem.solve(prior, damping=0)
+    assert problem.relative_error(fitted) < direct
+    held, _ = problem.solve(prior, damping=1e8)  # overwhelming damping keeps the prior
+    torch.testing.assert_close(held, prior, rtol=1e-5, atol=1e-5)
+
+
+def kl_to_teacher(student, teacher, calibration, hidden=None) -> float:
+    """Mean KL(teacher ‖ student) of next-token distributions over the calibration tokens."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in calibration.batches(8):
+            p = teacher(**batch).logits.log_softmax(-1)
+            q = student(**batch).logits.log_softmax(-1)
+            kl = (p.exp() * (p - q)).sum(-1)[batch["attention_mask"].bool()]
+            total, count = total + float(kl.sum()), count + kl.numel()
+    return total / count
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CONFIGS))
+def test_width_reconstruction_lowers_every_fitted_error_and_the_divergence(family):
+    teacher = tiny_model(family)
+    calibration = tiny_calibration(num_samples=16, length=24)
+    scores = estimate_importance(teacher, calibration_data=calibration, batch_size=4, progress=False)
+    pruned = prune_model(copy.deepcopy(teacher), WIDTH, scores)
+    student = copy.deepcopy(pruned)
+    report = reconstruct_model(student, teacher, calibration, config=ReconstructionConfig(damping=0.01), progress=False)
+    fits = [fit[part] for fit in report["layers"] for part in ("attention", "mlp") if part in fit]
+    assert len(fits) == 2 * 4
+    for fit in [*fits, report["layers"][-1]]:  # the last entry is the final norm's scale
+        assert fit["error_after"] <= fit["error_before"] + 1e-9
+    assert kl_to_teacher(student, teacher, calibration) < kl_to_teacher(pruned, teacher, calibration)
+    summary = student.config.minitron_pruning["reconstruction"]
+    assert summary["tokens"] == calibration.num_tokens and summary["mlp_fits"] == 4
+
+
+@pytest.mark.parametrize("span_method", ["refit", "linear_map"])
+def test_depth_reconstruction_bridges_the_dropped_span(span_method):
+    teacher = tiny_model("llama", num_hidden_layers=6)
+    calibration = tiny_calibration(num_samples=16, length=24)
+    pruned = prune_model(copy.deepcopy(teacher), PruningConfig(layers_to_drop=[2, 3]))
+    student = copy.deepcopy(pruned)
+    config = ReconstructionConfig(span_method=span_method, layers="changed", damping=0.01)
+    report = reconstruct_model(student, teacher, calibration, config=config, progress=False)
+    # Only the layer before the span changes: it now lands where teacher layer 3 would have.
+    assert [fit.get("span") for fit in report["layers"]] == [None, [2, 3], None, None]
+    assert ("linear_map" in report["layers"][1]["mlp"]) == (span_method == "linear_map")
+    for name, param in student.named_parameters():
+        if "layers.1.mlp.down_proj" not in name:
+            assert torch.equal(param, pruned.get_parameter(name)), name
+    assert kl_to_teacher(student, teacher, calibration) < kl_to_teacher(pruned, teacher, calibration)
+
+
+def test_folding_a_linear_map_equals_running_it_in_place_of_the_span(input_ids):
+    """The saved model computes exactly what the pruned model computes with the map applied to its MLP output."""
+    model = tiny_model("llama", num_hidden_layers=6, mlp_bias=True).double()
+    prune_model(model, PruningConfig(layers_to_drop=[2, 3]))
+    generator = torch.Generator().manual_seed(5)
+    matrix = torch.eye(48, dtype=torch.float64) + 0.1 * torch.randn(48, 48, generator=generator, dtype=torch.float64)
+    offset = 0.1 * torch.randn(48, generator=generator, dtype=torch.float64)
+    mapped = copy.deepcopy(model)
+    mapped.model.layers[1].mlp.register_forward_hook(lambda module, args, output: output @ matrix.t() + offset)
+    with torch.no_grad():
+        fold_linear_map(model.model.layers[1].mlp.down_proj, matrix, offset)
+    torch.testing.assert_close(logits(model, input_ids), logits(mapped, input_ids), rtol=1e-12, atol=1e-12)
+
+
+def test_reconstructed_student_reloads_with_identical_logits(tmp_path, input_ids):
+    teacher = tiny_model("qwen2", num_hidden_layers=6)
+    calibration = tiny_calibration(num_samples=8)
+    scores = estimate_importance(teacher, calibration_data=calibration, batch_size=4, progress=False)
+    width = prune_model(copy.deepcopy(teacher), WIDTH, scores)
+    depth = prune_model(copy.deepcopy(teacher), PruningConfig(layers_to_drop=[0, 4, 5]), scores)
+    reconstruct_models(teacher, [width, depth], calibration, progress=False)  # one teacher pass for both
+    for name, student in (("width", width), ("depth", depth)):
+        expected = logits(student, input_ids)
+        save_pruned_model(student, tmp_path / name)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
+        assert torch.equal(logits(reloaded, input_ids), expected)
+        assert reloaded.config.minitron_pruning["reconstruction"]["settings"]["damping"] == 0.1
+
+
+def test_bfloat16_students_are_fitted_in_wide_precision_and_keep_their_dtype():
+    teacher = tiny_model("llama").to(torch.bfloat16)
+    calibration = tiny_calibration(num_samples=16)
+    scores = estimate_importance(teacher, calibration_data=calibration, batch_size=4, progress=False)
+    student = prune_model(copy.deepcopy(teacher), WIDTH, scores)
+    report = reconstruct_model(student, teacher, calibration, progress=False)
+    assert all(p.dtype == torch.bfloat16 for p in student.parameters())
+    assert report["layers"][0]["mlp"]["error_after"] < report["layers"][0]["mlp"]["error_before"]
+
+
+def test_students_that_do_not_belong_to_the_teacher_are_refused():
+    teacher = tiny_model("llama")
+    calibration = tiny_calibration()
+    with pytest.raises(MinitronError, match="no pruning record"):
+        reconstruct_model(tiny_model("llama", seed=2), teacher, calibration, progress=False)
+    other = prune_model(tiny_model("llama", num_hidden_layers=6), PruningConfig(layers_to_drop=[0]))
+    with pytest.raises(MinitronError, match="not pruned from this teacher"):
+        reconstruct_model(other, teacher, calibration, progress=False)
+    with pytest.raises(MinitronError, match="damping"):
+        ReconstructionConfig(damping=-1)

@@ -63,7 +63,7 @@ def test_distill_from_yaml_with_flag_override_and_resume(workspace, capsys):
     # Same folder again: refused unless resuming; resuming the finished run from step 2 re-creates step 4.
     capsys.readouterr()
     assert main(["distill", "--config", str(config)]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a training run" in capsys.readouterr().err
     first = student.state_dict()
     assert (
         main(

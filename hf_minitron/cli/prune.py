@@ -6,7 +6,7 @@ from ..data import check_text_source
 from ..errors import MinitronError
 from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
-from ..outputs import check_output_dir
+from ..outputs import claim_output
 from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
 from ..pruning.plan import needed_block_measurement
 from ..shapes import comparison_table, model_shape
@@ -48,7 +48,11 @@ def pruning_config_from_args(args) -> PruningConfig:
 def run(args) -> None:
     require(args, "output")
     config = pruning_config_from_args(args)
-    check_output_dir(args.output, args.overwrite)
+    with claim_output(args.output, args.overwrite):  # a second writer into the same folder is refused now
+        _prune(args, config)
+
+
+def _prune(args, config: PruningConfig) -> None:
     scores = ImportanceScores.load(args.scores) if args.scores else None
     if scores is None:
         require(args, "data")

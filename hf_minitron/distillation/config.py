@@ -9,6 +9,7 @@ import torch
 from trl import SFTConfig
 
 from ..errors import MinitronError
+from ..redaction import SecretsNotPickled
 from .losses import DIVERGENCES, INTERMEDIATE_LOSSES
 
 
@@ -19,7 +20,7 @@ def gpu_bf16_default(config) -> None:
 
 
 @dataclass
-class DistillationConfig(SFTConfig):
+class DistillationConfig(SecretsNotPickled, SFTConfig):
     r"""Configuration for [`DistillationTrainer`]: every `SFTConfig` / `TrainingArguments` option, plus:
 
     > Teacher

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import MinitronError
 from .locking import is_secondary_rank
-from .outputs import read_marker, remove_made_folder
+from .outputs import inside_made_folder, remove_made_folder
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
             return folder
         if is_secondary_rank():
             continue  # rank 0 removes it
-        if read_marker(output_dir) is None:
+        if not inside_made_folder(output_dir):
             raise MinitronError(
                 f"Checkpoint '{folder}' is incomplete: it {problem}",
                 "a run stopped while saving it, and hf_minitron deletes nothing in a folder it did not make",

@@ -41,6 +41,12 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
     return marker if isinstance(marker, dict) and marker.get("made_by") == "hf_minitron" else None
 
 
+def inside_made_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is, or lies inside, a folder hf_minitron made (a training run's checkpoints, ...)."""
+    path = Path(path).absolute()
+    return any(read_marker(folder) is not None for folder in (path, *path.parents))
+
+
 def _write_marker(folder: Path, kind: str, key: str | None = None) -> None:
     from . import __version__
 
@@ -53,8 +59,8 @@ def _write_marker(folder: Path, kind: str, key: str | None = None) -> None:
 
 def _describe(marker: dict) -> str:
     kind = marker.get("kind", "output")
-    article = "an" if kind[:1] in "aeiou" else "a"
-    return f"{article} {kind} made by hf_minitron {marker.get('version', '')}".rstrip()
+    article = "" if kind.endswith(("s", "data")) else "an " if kind[:1] in "aeiou" else "a "
+    return f"{article}{kind} made by hf_minitron {marker.get('version', '')}".rstrip()
 
 
 def _contents(folder: Path) -> list[str]:
@@ -123,7 +129,9 @@ def check_output_dir(
                 raise MinitronError(
                     f"Output folder '{path}' already exists (it holds {_describe(marker)})",
                     "hf_minitron never mixes a new result into an old folder",
-                    "choose another folder, or pass --overwrite (overwrite=True) to replace it",
+                    f"choose another folder (only an earlier {kind} is replaced there)"
+                    if replace_same_kind
+                    else "choose another folder, or pass --overwrite (overwrite=True) to replace it",
                 )
             _check_replaceable(path)
     _check_writable(path)
@@ -167,12 +175,13 @@ def _aside(path: Path, what: str) -> Path:
 
 
 def remove_made_folder(path: str | os.PathLike, *, within: str | os.PathLike | None = None) -> None:
-    """Delete ``path``, a folder hf_minitron made: it carries the marker, or lies inside ``within``, which does.
+    """Delete ``path``, a folder hf_minitron made: it carries the marker, or lies inside ``within``, itself
+    inside a folder hf_minitron made.
 
     Renamed aside first, so a kill during the deletion leaves a hidden folder the next write removes."""
     path = Path(path)
     inside = within is not None and Path(within).absolute() in path.absolute().parents
-    if read_marker(path) is None and not (inside and read_marker(within) is not None):
+    if read_marker(path) is None and not (inside and inside_made_folder(within)):
         raise MinitronError(
             f"Refusing to delete '{path}'",
             "hf_minitron deletes only folders it made itself",

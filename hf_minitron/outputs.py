@@ -209,7 +209,7 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
                 continue
             if candidate.is_symlink() or not candidate.is_dir():
                 continue
-            if read_marker(candidate) is not None:
+            if read_marker(candidate) is not None or inside_made_folder(path.parent):
                 _remove_tree(candidate)
             elif not any(candidate.iterdir()):
                 candidate.rmdir()

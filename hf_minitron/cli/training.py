@@ -32,7 +32,9 @@ class RunArguments:
     eval_max_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval rows."})
     train_max_samples: int | None = field(default=None, metadata={"help": "Use at most this many train rows."})
     export_dir: str | None = field(default=None, metadata={"help": "Where the final plain model goes."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output or export folder."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Clear an existing output or export folder (only one hf_minitron made)."}
+    )
 
 
 @contextmanager

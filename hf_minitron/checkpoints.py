@@ -129,3 +129,27 @@ def check_checkpoint(folder: str | os.PathLike) -> Path:
             "pass --resume_from_checkpoint last (the newest complete checkpoint), or another checkpoint-N folder",
         )
     return Path(folder)
+
+
+def train_from(trainer, checkpoint: str | os.PathLike | None) -> None:
+    """``trainer.train(resume_from_checkpoint=checkpoint)``, except from the last checkpoint of a finished run.
+
+    Resumed there, the Trainer takes one step past ``max_steps`` before it checks for the end, which would
+    change the weights; instead the checkpoint is loaded as ``train()`` would leave it (its weights and
+    state, the best checkpoint with ``load_best_model_at_end``, the tokenizer's special tokens in the config).
+    """
+    if checkpoint is not None and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        from transformers import PreTrainedTokenizerBase, TrainerState
+        from transformers.trainer_utils import align_special_tokens
+
+        state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+        if state.max_steps and state.global_step >= state.max_steps:
+            trainer._load_from_checkpoint(str(checkpoint))
+            trainer.state = state
+            best = state.best_model_checkpoint
+            if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+                trainer._load_best_model()
+            if isinstance(trainer.processing_class, PreTrainedTokenizerBase):
+                align_special_tokens(trainer.model, trainer.processing_class)
+            return
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))

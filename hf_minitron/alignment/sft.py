@@ -14,6 +14,7 @@ from pathlib import Path
 
 from trl import SFTConfig
 
+from ..checkpoints import train_from
 from ..distillation.config import gpu_bf16_default
 from ..errors import MinitronError
 from ..outputs import atomic_output_dir
@@ -87,7 +88,7 @@ def align_model(
         )
     data = to_prompt_completion(dataset)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_from(trainer, resume_from_checkpoint)
     model = trainer.model
     with atomic_output_dir(output_dir, overwrite=overwrite, kind="aligned model") as staging:
         model.save_pretrained(staging)

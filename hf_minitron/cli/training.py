@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from ..checkpoints import check_checkpoint, last_complete_checkpoint
+from ..checkpoints import check_checkpoint, last_complete_checkpoint, train_from
 from ..data import load_training_dataset
 from ..errors import MinitronError
 from ..loading import load_model, load_tokenizer
@@ -118,7 +118,7 @@ def _distill(args, model_args, run, resume, export_dir, train, evaluation, stude
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=train, eval_dataset=evaluation, peft_config=get_peft_config(model_args)
     )
-    trainer.train(resume_from_checkpoint=resume)
+    train_from(trainer, resume)
     trainer.export_student(export_dir, overwrite=run.overwrite or resume is not None)  # collective under FSDP
     if trainer.accelerator.is_main_process:
         from ..plots import plot_training_curves

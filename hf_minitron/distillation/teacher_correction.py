@@ -14,6 +14,7 @@ from pathlib import Path
 
 from trl import SFTConfig, SFTTrainer
 
+from ..checkpoints import train_from
 from ..errors import MinitronError
 from ..loading import load_model
 from ..outputs import atomic_output_dir
@@ -68,7 +69,7 @@ def correct_teacher(
         processing_class=processing_class,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_from(trainer, resume_from_checkpoint)
     export_dir = Path(export_dir or Path(args.output_dir) / "corrected-teacher")
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(trained, "merge_and_unload"):

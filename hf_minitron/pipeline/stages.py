@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..alignment.sft import AlignmentConfig, align_model
-from ..checkpoints import last_complete_checkpoint
+from ..checkpoints import last_complete_checkpoint, train_from
 from ..data import build_calibration_set, describe_text_source, load_training_dataset
 from ..errors import MinitronError
 from ..loading import describe_source, load_model, load_model_and_tokenizer
@@ -190,7 +190,7 @@ def distill(run: Run, folder: Path) -> dict:
             eval_dataset=evaluation,
             processing_class=tokenizer,
         )
-        trainer.train(resume_from_checkpoint=_resume_point(output_dir))
+        train_from(trainer, _resume_point(output_dir))
         trainer.export_student(folder / name)
         plot_training_curves(trainer.state.log_history, folder / name / "training_curves.png")
         losses = [entry for entry in trainer.state.log_history if "loss" in entry]

@@ -111,7 +111,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
         if not inside_made_folder(output_dir):
             raise MinitronError(
                 f"Checkpoint '{folder}' is incomplete: it {problem}",
-                "a run stopped while saving it, and hf_minitron deletes nothing in a folder it did not make",
+                "A run stopped while saving it, and nothing is deleted in a folder hf_minitron did not make",
                 "delete that checkpoint folder, then resume again (from the checkpoint before it)",
             )
         logger.warning("Removing incomplete checkpoint %s: it %s (a run stopped while saving it)", folder, problem)
@@ -125,7 +125,7 @@ def check_checkpoint(folder: str | os.PathLike) -> Path:
     if problem is not None:
         raise MinitronError(
             f"Cannot resume from '{folder}': it {problem}",
-            "a checkpoint is complete only once its weights and trainer_state.json are written",
+            "A checkpoint is complete only once its weights and trainer_state.json are written",
             "pass --resume_from_checkpoint last (the newest complete checkpoint), or another checkpoint-N folder",
         )
     return Path(folder)

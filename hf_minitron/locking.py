@@ -71,7 +71,7 @@ def _busy(path: Path, pid: int | None, holder: Path) -> MinitronError:
     where = "" if holder == path else f" (it holds the lock on '{holder}', which contains it)"
     return MinitronError(
         f"Another hf-minitron process (pid {pid if pid else 'unknown'}) is writing '{path}'{where}",
-        "two writers into one folder would mix or replace each other's results",
+        "Two writers into one folder would mix or replace each other's results",
         "wait for that process to finish (or stop it), or choose another output folder",
     )
 

@@ -80,7 +80,7 @@ def _not_ours(path: Path, contents: list[str]) -> MinitronError:
     shown = ", ".join(contents[:3]) + (f" and {len(contents) - 3} more" if len(contents) > 3 else "")
     return MinitronError(
         f"Output folder '{path}' holds files hf_minitron did not make ({shown})",
-        f"hf_minitron deletes or replaces only folders it made itself, which hold a {MARKER_FILE} file",
+        f"Only folders hf_minitron made itself are deleted or replaced; they hold a {MARKER_FILE} file",
         f"choose another output folder, or move or delete '{path}' yourself first",
     )
 
@@ -128,7 +128,7 @@ def check_output_dir(
             if not (overwrite or (replace_same_kind and marker.get("kind") == kind)):
                 raise MinitronError(
                     f"Output folder '{path}' already exists (it holds {_describe(marker)})",
-                    "hf_minitron never mixes a new result into an old folder",
+                    "A new result never goes into an old folder",
                     f"choose another folder (only an earlier {kind} is replaced there)"
                     if replace_same_kind
                     else "choose another folder, or pass --overwrite (overwrite=True) to replace it",
@@ -184,7 +184,7 @@ def remove_made_folder(path: str | os.PathLike, *, within: str | os.PathLike | N
     if read_marker(path) is None and not (inside and inside_made_folder(within)):
         raise MinitronError(
             f"Refusing to delete '{path}'",
-            "hf_minitron deletes only folders it made itself",
+            "Only folders hf_minitron made itself are deleted",
             "delete it yourself if it should go",
         )
     aside = _aside(path, REPLACED)
@@ -291,7 +291,7 @@ def _work_dir_action(path: Path, *, kind: str, overwrite=False, keep=False, key=
         return "keep"
     raise MinitronError(
         f"Output folder '{path}' already holds {_describe(marker)}",
-        "a new run never mixes its files with an old one's",
+        "A new run never mixes its files with an old one's",
         busy_fix if same_kind and busy_fix else "choose another folder, or pass --overwrite to replace it",
     )
 

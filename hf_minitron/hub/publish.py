@@ -83,7 +83,7 @@ def _check_apart(destination: Path, sources: list[Path]) -> None:
         if where == source.resolve() or where in source.resolve().parents:
             raise MinitronError(
                 f"--dry-run-dir '{destination}' holds the models being published ('{source}')",
-                "a dry run replaces its folder, which would delete them",
+                "A dry run replaces its folder, which would delete them",
                 "choose a separate folder for the dry run (default: RUN/publish-dry-run)",
             )
 

@@ -163,8 +163,15 @@ def output_lock(path: str | os.PathLike):
         return
     check_not_locked(path)
     file = lock_file(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire_flock(file, path) if fcntl is not None else _acquire_exclusive(file, path)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire_flock(file, path) if fcntl is not None else _acquire_exclusive(file, path)
+    except PermissionError as error:
+        raise MinitronError(
+            f"Cannot write into '{file.parent}'",
+            f"The folder is not writable ({error.strerror})",
+            "choose another place",
+        ) from error
     previous = _read_pid(fd)
     if previous is not None and previous != os.getpid() and not pid_alive(previous):
         logger.warning("Taking over the lock on %s left by process %d, which is no longer running", path, previous)

@@ -40,6 +40,7 @@ def test_importance_then_prune_from_saved_scores(workspace, capsys):
         == 0
     )
     assert {p.name for p in (workspace / "scores").iterdir()} == {
+        ".hf_minitron-output.json",  # the marker: a folder hf_minitron made (and may replace with --overwrite)
         "importance.safetensors",
         "importance.json",
         "importance.png",
@@ -154,8 +155,6 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(workspace, capsys, extra,
 
 
 def test_existing_output_is_kept_unless_overwrite(workspace, capsys):
-    (workspace / "out").mkdir()
-    (workspace / "out" / "keep.txt").write_text("mine")
     args = [
         "prune",
         "--model",
@@ -171,11 +170,19 @@ def test_existing_output_is_kept_unless_overwrite(workspace, capsys):
         "--output",
         workspace / "out",
     ]
+    assert run(*args) == 0
+    first = (workspace / "out" / "model.safetensors").stat().st_mtime_ns
     assert run(*args) == 2
     assert "already exists" in capsys.readouterr().err
-    assert (workspace / "out" / "keep.txt").read_text() == "mine"
-    assert run(*args, "--overwrite") == 0
-    assert not (workspace / "out" / "keep.txt").exists() and (workspace / "out" / "config.json").is_file()
+    assert (workspace / "out" / "model.safetensors").stat().st_mtime_ns == first
+    assert run(*args, "--overwrite") == 0  # made by hf_minitron: replaced
+    assert (workspace / "out" / "model.safetensors").stat().st_mtime_ns != first
+    # A folder hf_minitron did not make is never replaced, --overwrite or not.
+    (workspace / "mine").mkdir()
+    (workspace / "mine" / "keep.txt").write_text("mine")
+    assert run(*args[:-1], workspace / "mine", "--overwrite") == 2
+    assert "did not make (keep.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in (workspace / "mine").iterdir()) == ["keep.txt"]
 
 
 def test_unknown_aggregation_in_the_api():

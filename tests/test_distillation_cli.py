@@ -60,25 +60,15 @@ def test_distill_from_yaml_with_flag_override_and_resume(workspace, capsys):
     assert (workspace / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     lines = (workspace / "run" / "distillation_log.jsonl").read_text().splitlines()
     assert "tokens_per_second" in json.loads(lines[-1])
-    # Same folder again: refused unless resuming; resuming the finished run from step 2 re-creates step 4.
+    # Same folder again: refused unless resuming. A kill while checkpoint-4 was being saved (no
+    # trainer_state.json yet): "last" falls back to checkpoint-2, removes checkpoint-4 and re-creates step 4.
     capsys.readouterr()
     assert main(["distill", "--config", str(config)]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a training run" in capsys.readouterr().err
     first = student.state_dict()
-    assert (
-        main(
-            [
-                "distill",
-                "--config",
-                str(config),
-                "--temperature",
-                "2.0",
-                "--resume_from_checkpoint",
-                str(workspace / "run" / "checkpoint-2"),
-            ]
-        )
-        == 0
-    )
+    (workspace / "run" / "checkpoint-4" / "trainer_state.json").unlink()
+    assert main(["distill", "--config", str(config), "--temperature", "2.0", "--resume_from_checkpoint", "last"]) == 0
+    assert (workspace / "run" / "checkpoint-4" / "trainer_state.json").is_file()
     again = AutoModelForCausalLM.from_pretrained(workspace / "run" / "student").state_dict()
     for name, tensor in first.items():
         torch.testing.assert_close(again[name], tensor, rtol=1e-5, atol=1e-6, msg=name)

@@ -159,7 +159,7 @@ def test_resume_skips_finished_stages_and_reruns_what_changed(finished_run, tmp_
     run = tmp_path / "run"
     shutil.copytree(folder / "run", run)
     before = stage_times(run)
-    with pytest.raises(MinitronError, match="already holds a run"):
+    with pytest.raises(MinitronError, match="already holds a pipeline run"):
         run_recipe(parse_recipe(values), run, publish=False)
     run_recipe(parse_recipe(values), run, resume=True, publish=False)
     assert stage_times(run) == before

@@ -14,14 +14,16 @@ from pathlib import Path
 
 from trl import SFTConfig
 
+from ..checkpoints import train_from
 from ..distillation.config import gpu_bf16_default
 from ..errors import MinitronError
 from ..outputs import atomic_output_dir
+from ..redaction import SecretsNotPickled
 
 
 @dataclass
-class AlignmentConfig(SFTConfig):
-    """TRL's SFTConfig, with bf16 switched on only where a GPU can run it."""
+class AlignmentConfig(SecretsNotPickled, SFTConfig):
+    """TRL's SFTConfig, with bf16 switched on only where a GPU can run it (and no token in saved copies)."""
 
     def __post_init__(self):
         gpu_bf16_default(self)
@@ -65,8 +67,17 @@ def to_prompt_completion(dataset):
     return dataset.map(convert, remove_columns=dataset.column_names)
 
 
-def align_model(model, tokenizer, dataset, args, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Fine-tune ``model`` on ``dataset`` with an SFTConfig ``args`` and save it (with tokenizer) atomically."""
+def align_model(
+    model,
+    tokenizer,
+    dataset,
+    args,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    resume_from_checkpoint: str | None = None,
+) -> Path:
+    """Fine-tune ``model`` on ``dataset`` with an SFTConfig ``args`` and save it (with tokenizer) atomically;
+    ``resume_from_checkpoint`` continues an interrupted run from one of its checkpoints."""
     from trl import SFTTrainer
 
     if getattr(tokenizer, "chat_template", None) is None and not getattr(args, "chat_template_path", None):
@@ -77,9 +88,9 @@ def align_model(model, tokenizer, dataset, args, output_dir: str | os.PathLike, 
         )
     data = to_prompt_completion(dataset)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    trainer.train()
+    train_from(trainer, resume_from_checkpoint)
     model = trainer.model
-    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite=overwrite, kind="aligned model") as staging:
         model.save_pretrained(staging)
         trainer.processing_class.save_pretrained(staging)
     return Path(output_dir)

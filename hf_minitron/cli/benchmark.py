@@ -7,7 +7,7 @@ import json
 from ..errors import MinitronError
 from ..evaluation.throughput import ThroughputSettings, benchmark_throughput, throughput_table
 from ..loading import describe_source, load_model
-from ..outputs import check_output_dir, write_text_atomically
+from ..outputs import check_output_file, write_text_atomically
 
 
 def register(subparsers):
@@ -37,7 +37,7 @@ def run(args) -> None:
     if not args.model:
         raise MinitronError("No model to time", fix="pass --model (repeat it: the first is the reference)")
     if args.output:
-        check_output_dir(args.output, args.overwrite)
+        check_output_file(args.output, args.overwrite)
     models = {
         describe_source(name): load_model(name, dtype=args.dtype, device_map=args.device_map) for name in args.model
     }

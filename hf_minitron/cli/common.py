@@ -46,7 +46,7 @@ def add_data_args(parser: argparse.ArgumentParser, default: str | None = "builti
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", default=None, help="output folder (required)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder hf_minitron made")
     parser.add_argument("--config", default=None, help="YAML file whose keys set any of these options")
 
 

@@ -7,7 +7,7 @@ import json
 from ..errors import MinitronError
 from ..evaluation import evaluate_model, results_table
 from ..loading import describe_source, load_model_and_tokenizer
-from ..outputs import check_output_dir, write_text_atomically
+from ..outputs import check_output_file, write_text_atomically
 
 
 def register(subparsers):
@@ -59,7 +59,7 @@ def run(args) -> None:
     if not tasks and not args.perplexity_data and not args.lm_eval_task:
         raise MinitronError("Nothing to evaluate", fix="pass --task NAME=PATH, --lm-eval-task or --perplexity-data")
     if args.output:
-        check_output_dir(args.output, args.overwrite)
+        check_output_file(args.output, args.overwrite)
     from ..evaluation.tasks import load_task
 
     for path in tasks.values():

@@ -5,8 +5,10 @@ from __future__ import annotations
 from ..data import check_text_source
 from ..importance import AGGREGATIONS, estimate_importance
 from ..loading import load_model_and_tokenizer
-from ..outputs import atomic_output_dir, check_output_dir
+from ..outputs import atomic_output_dir, claim_output
 from .common import add_data_args, add_model_args, add_output_args, require
+
+SCORES_KIND = "importance scores"
 
 
 def add_importance_args(parser) -> None:
@@ -66,13 +68,17 @@ def compute_scores(args, model, tokenizer):
 
 def run(args) -> None:
     require(args, "output", "data")
-    check_output_dir(args.output, args.overwrite)
+    with claim_output(args.output, args.overwrite, kind=SCORES_KIND):
+        _importance(args)
+
+
+def _importance(args) -> None:
     check_text_source(args.data)
     model, tokenizer = load_model_and_tokenizer(
         args.model, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code
     )
     scores = compute_scores(args, model, tokenizer)
-    with atomic_output_dir(args.output, args.overwrite) as staging:
+    with atomic_output_dir(args.output, args.overwrite, kind=SCORES_KIND) as staging:
         scores.save(staging)
     order = scores.block_importance.argsort().tolist()
     print(f"Scores for {scores.metadata['model']} on {scores.metadata['num_tokens']} tokens saved to {args.output}")

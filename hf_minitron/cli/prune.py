@@ -9,7 +9,7 @@ from ..data import build_calibration_set, check_text_source
 from ..errors import MinitronError
 from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
-from ..outputs import check_output_dir
+from ..outputs import claim_output
 from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
 from ..pruning.plan import needed_block_measurement
 from ..reconstruction import ReconstructionConfig, reconstruct_model
@@ -84,7 +84,11 @@ def run(args) -> None:
     require(args, "output")
     config = pruning_config_from_args(args)
     reconstruction = reconstruction_config_from_args(args)
-    check_output_dir(args.output, args.overwrite)
+    with claim_output(args.output, args.overwrite):  # a second writer into the same folder is refused now
+        _prune(args, config, reconstruction)
+
+
+def _prune(args, config: PruningConfig, reconstruction: ReconstructionConfig | None) -> None:
     scores = ImportanceScores.load(args.scores) if args.scores else None
     if scores is None or reconstruction is not None:
         require(args, "data")
@@ -137,7 +141,7 @@ def run(args) -> None:
     if report is not None:
         summary = record["reconstruction"]
         print(
-            f"Reconstructed on {summary['tokens']} tokens in {summary['seconds']} s: mean relative error of the "
+            f"Reconstructed on {summary['tokens']} tokens in {report['seconds']} s: mean relative error of the "
             f"attention fits {summary['attention_error'][0]} → {summary['attention_error'][1]}, "
             f"MLP fits {summary['mlp_error'][0]} → {summary['mlp_error'][1]}"
         )

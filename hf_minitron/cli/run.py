@@ -10,7 +10,7 @@ def add_run_args(parser, output_default=None) -> None:
     parser.add_argument("--output", "-o", default=output_default, help="run folder: one subfolder per stage")
     parser.add_argument("--resume", action="store_true", help="skip finished stages whose inputs are unchanged")
     parser.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, default=None, help="rerun from this stage")
-    parser.add_argument("--overwrite", action="store_true", help="delete the run folder and start over")
+    parser.add_argument("--overwrite", action="store_true", help="clear the run folder and start over")
     parser.add_argument("--budget", type=float, default=1.0, help="multiply training steps and generated prompts")
     parser.add_argument("--no-publish", dest="publish", action="store_false", help="skip the publish stage")
 

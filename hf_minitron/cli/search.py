@@ -6,7 +6,9 @@ from ..data import check_text_source, load_training_dataset
 from ..errors import MinitronError
 from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
+from ..outputs import claim_work_dir
 from ..search import SearchSettings, architecture_search, enumerate_candidates, read_results, search_table
+from ..search.run import SEARCH_KIND
 from .common import add_data_args, add_model_args, add_output_args, require
 from .importance import add_importance_args, compute_scores
 
@@ -53,17 +55,22 @@ def register(subparsers):
 
 def run(args) -> None:
     require(args, "target_params")
-    if not args.dry_run:
-        require(args, "output")
-        from pathlib import Path
+    if args.dry_run:
+        return _search(args)
+    require(args, "output")
+    for source in (args.train_data, args.eval_data):
+        check_text_source(source)
+    with claim_work_dir(
+        args.output,
+        kind=SEARCH_KIND,
+        overwrite=args.overwrite,
+        keep=args.resume,
+        busy_fix="pass --resume to continue that search, --overwrite to start over, or choose another folder",
+    ):
+        _search(args)
 
-        if Path(args.output).exists() and not (args.resume or args.overwrite):
-            raise MinitronError(
-                f"Output folder '{args.output}' already exists",
-                fix="pass --resume to continue that search, or choose another folder",
-            )
-        for source in (args.train_data, args.eval_data):
-            check_text_source(source)
+
+def _search(args) -> None:
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device_map=args.device_map)
     candidates = enumerate_candidates(
         model.config,

@@ -1,22 +1,27 @@
 """`hf-minitron distill` and `hf-minitron correct-teacher`: TRL-style configs (YAML + flags) over the API.
 
 Both parse with TRL's own TrlParser, so every SFTConfig / TrainingArguments flag works, a
-`--config recipe.yaml` sets any of them, and both run under `accelerate launch`.
+`--config recipe.yaml` sets any of them, and both run under `accelerate launch`. The output folder
+is locked while they run; `--overwrite` clears it (only if hf_minitron made it), and
+`--resume_from_checkpoint last` continues from its newest complete checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
+from ..checkpoints import check_checkpoint, last_complete_checkpoint, train_from
 from ..data import load_training_dataset
 from ..errors import MinitronError
 from ..loading import load_model, load_tokenizer
-from ..outputs import check_output_dir
+from ..outputs import check_output_dir, claim_work_dir
+
+TRAINING_KIND = "training run"
 
 
 @dataclass
@@ -27,27 +32,43 @@ class RunArguments:
     eval_max_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval rows."})
     train_max_samples: int | None = field(default=None, metadata={"help": "Use at most this many train rows."})
     export_dir: str | None = field(default=None, metadata={"help": "Where the final plain model goes."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output or export folder."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Clear an existing output or export folder (only one hf_minitron made)."}
+    )
 
 
-def _resume_point(args, run) -> str | None:
-    """--resume_from_checkpoint PATH or 'last'; otherwise refuse to train into a used output folder."""
+@contextmanager
+def _claimed_output(args, run):
+    """Lock the output folder for the whole command: kept when resuming, cleared with --overwrite (only if
+    hf_minitron made it), refused when it already holds a run, so two runs' checkpoints never mix."""
+    resuming = args.resume_from_checkpoint is not None
+    if resuming and run.overwrite:
+        raise MinitronError(
+            "--overwrite and --resume_from_checkpoint contradict each other",
+            "--overwrite starts the run over, which deletes the checkpoints a resume continues from",
+            "pass only one of them",
+        )
+    with claim_work_dir(
+        args.output_dir,
+        kind=TRAINING_KIND,
+        overwrite=run.overwrite,
+        keep=resuming,
+        busy_fix="pass --resume_from_checkpoint last to continue it, --overwrite to start again, or another folder",
+    ):
+        yield
+
+
+def _resume_point(args) -> str | None:
+    """--resume_from_checkpoint PATH, or 'last': the newest complete checkpoint (incomplete ones removed)."""
     resume = args.resume_from_checkpoint
     if resume == "last":
-        resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        resume = last_complete_checkpoint(args.output_dir)
         if resume is None:
-            raise MinitronError(f"No checkpoint to resume in '{args.output_dir}'", fix="start without resuming")
-    if resume is None and not run.overwrite:
-        output = Path(args.output_dir)
-        if output.is_dir() and any(output.iterdir()):
             raise MinitronError(
-                f"Output folder '{output}' already holds a run",
-                "starting over in it would mix two runs' checkpoints",
-                "pass --resume_from_checkpoint last to continue it, --overwrite to start again, or another folder",
+                f"No complete checkpoint to resume in '{args.output_dir}'",
+                fix="start without --resume_from_checkpoint (and with --overwrite to clear the folder)",
             )
-    if resume is not None and not Path(resume).is_dir():
-        raise MinitronError(f"Checkpoint '{resume}' does not exist", fix="point at a checkpoint-N folder")
-    return resume
+    return str(check_checkpoint(resume)) if resume is not None else None
 
 
 def datasets_from(script: ScriptArguments, run: RunArguments):
@@ -64,31 +85,40 @@ def datasets_from(script: ScriptArguments, run: RunArguments):
     return train, evaluation
 
 
-def _prepare(argv, config_class, role: str, export_name: str):
-    """Parse, check everything that can fail early, load the data and the model being trained."""
+def _parse(argv, config_class, role: str):
     parser = TrlParser((config_class, ScriptArguments, ModelConfig, RunArguments))
     args, script, model_args, run = parser.parse_args_and_config(argv)
     if not model_args.model_name_or_path:
         raise MinitronError(f"No {role} given", fix=f"pass --model_name_or_path (the {role})")
-    resume = _resume_point(args, run)
+    return args, script, model_args, run
+
+
+def _prepare(args, script, model_args, run, export_name: str):
+    """Check everything that can fail early, then load the data and the model being trained."""
+    resume = _resume_point(args)
     export_dir = Path(run.export_dir or Path(args.output_dir) / export_name)
     if resume is None:
         check_output_dir(export_dir, run.overwrite)
     train, evaluation = datasets_from(script, run)
     model = load_model(model_args.model_name_or_path, dtype=model_args.dtype or "float32")
-    return args, model_args, run, resume, export_dir, train, evaluation, model
+    return resume, export_dir, train, evaluation, model
 
 
 def run_distill(argv: list[str]) -> None:
-    from ..distillation import DistillationConfig, DistillationTrainer
+    from ..distillation import DistillationConfig
 
-    args, model_args, run, resume, export_dir, train, evaluation, student = _prepare(
-        argv, DistillationConfig, "student", "student"
-    )
+    args, script, model_args, run = _parse(argv, DistillationConfig, "student")
+    with _claimed_output(args, run):
+        _distill(args, model_args, run, *_prepare(args, script, model_args, run, "student"))
+
+
+def _distill(args, model_args, run, resume, export_dir, train, evaluation, student) -> None:
+    from ..distillation import DistillationTrainer
+
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=train, eval_dataset=evaluation, peft_config=get_peft_config(model_args)
     )
-    trainer.train(resume_from_checkpoint=resume)
+    train_from(trainer, resume)
     trainer.export_student(export_dir, overwrite=run.overwrite or resume is not None)  # collective under FSDP
     if trainer.accelerator.is_main_process:
         from ..plots import plot_training_curves
@@ -100,11 +130,16 @@ def run_distill(argv: list[str]) -> None:
 
 
 def run_correct_teacher(argv: list[str]) -> None:
-    from ..distillation.teacher_correction import TeacherCorrectionConfig, correct_teacher
+    from ..distillation.teacher_correction import TeacherCorrectionConfig
 
-    args, model_args, _, resume, export_dir, train, evaluation, teacher = _prepare(
-        argv, TeacherCorrectionConfig, "teacher", "corrected-teacher"
-    )
+    args, script, model_args, run = _parse(argv, TeacherCorrectionConfig, "teacher")
+    with _claimed_output(args, run):
+        _correct_teacher(args, model_args, *_prepare(args, script, model_args, run, "corrected-teacher"))
+
+
+def _correct_teacher(args, model_args, resume, export_dir, train, evaluation, teacher) -> None:
+    from ..distillation.teacher_correction import correct_teacher
+
     folder = correct_teacher(
         teacher,
         train,

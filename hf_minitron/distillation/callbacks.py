@@ -33,6 +33,12 @@ class LossComponentsCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.perf_counter(), None)
+        path = Path(args.output_dir or ".") / self.filename
+        if state.is_world_process_zero and args.output_dir and path.is_file():
+            # A resumed run continues the log from its checkpoint's step; lines logged after that
+            # checkpoint (by the process that stopped) would otherwise appear twice.
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step(line) <= state.global_step]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -51,6 +57,13 @@ class LossComponentsCallback(TrainerCallback):
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+def _step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a line cut short by the kill
 
 
 def last_checkpoint_before(output_dir: str, step: int) -> Path | None:

@@ -9,17 +9,25 @@ import torch
 from trl import SFTConfig
 
 from ..errors import MinitronError
+from ..redaction import SecretsNotPickled
 from .losses import DIVERGENCES, INTERMEDIATE_LOSSES
 
 
 def gpu_bf16_default(config) -> None:
-    """bf16 only where a GPU can run it; TRL's configs would otherwise switch it on everywhere."""
+    """bf16 only where a GPU can run it; TRL's configs would otherwise switch it on everywhere.
+
+    Also carries TRL's ``gradient_checkpointing`` (its configs default it to True) over to
+    transformers' newer name ``activation_checkpointing`` where that exists, so building a config
+    does not warn about the old name on every run; either name works in recipes and YAML files.
+    """
     if config.bf16 is None and not config.fp16:
         config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if hasattr(config, "activation_checkpointing") and config.activation_checkpointing is None:
+        config.activation_checkpointing, config.gradient_checkpointing = config.gradient_checkpointing, None
 
 
 @dataclass
-class DistillationConfig(SFTConfig):
+class DistillationConfig(SecretsNotPickled, SFTConfig):
     r"""Configuration for [`DistillationTrainer`]: every `SFTConfig` / `TrainingArguments` option, plus:
 
     > Teacher

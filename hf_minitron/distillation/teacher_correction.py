@@ -14,14 +14,16 @@ from pathlib import Path
 
 from trl import SFTConfig, SFTTrainer
 
+from ..checkpoints import train_from
 from ..errors import MinitronError
 from ..loading import load_model
 from ..outputs import atomic_output_dir
+from ..redaction import SecretsNotPickled
 from .config import gpu_bf16_default
 
 
 @dataclass
-class TeacherCorrectionConfig(SFTConfig):
+class TeacherCorrectionConfig(SecretsNotPickled, SFTConfig):
     r"""`SFTConfig` for teacher correction. `learning_rate` has no default: use 1/5 of the teacher's original
     peak (e.g. Llama-3.1-8B was trained with a 3e-4 peak → 6e-5). `warmup_steps` defaults to the paper's 120."""
 
@@ -67,13 +69,13 @@ def correct_teacher(
         processing_class=processing_class,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_from(trainer, resume_from_checkpoint)
     export_dir = Path(export_dir or Path(args.output_dir) / "corrected-teacher")
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(trained, "merge_and_unload"):
         trained = trained.merge_and_unload()
     if trainer.accelerator.is_main_process:
-        with atomic_output_dir(export_dir, overwrite=overwrite) as staging:
+        with atomic_output_dir(export_dir, overwrite=overwrite, kind="corrected teacher") as staging:
             trained.save_pretrained(staging)
             if trainer.processing_class is not None:
                 trainer.processing_class.save_pretrained(staging)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from trl import SFTTrainer
 
+from .. import crashpoints
 from ..distillation_data.logit_cache import CACHE_ROW_COLUMN
 from ..errors import MinitronError
 from ..loading import load_model, load_tokenizer
@@ -109,6 +110,8 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         self._step_sums = [0.0, 0.0]
         for callback in (LossComponentsCallback(), NonFiniteLossCallback()):
             self.add_callback(callback)
+        if crashpoints.active():
+            self.add_callback(crashpoints.step_callback())
         if eval_dataset is not None and self.teacher is not None:
             self.add_callback(TeacherGapCallback(self.teacher))
 
@@ -255,13 +258,22 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         if projection is not None and self.args.should_save:
             weights = {"weight": projection.weight.detach().float().cpu().contiguous()}
             save_file(weights, os.path.join(output_dir or self.args.output_dir, PROJECTION_FILE))
+        crashpoints.pause_point(f"checkpoint-weights:{Path(output_dir or self.args.output_dir).name}")
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # Our state goes in first: the Trainer writes trainer_state.json last, and a checkpoint counts as
+        # complete (resumable) only once that file exists, so everything else must be there by then.
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-            state = {"alpha": self._alpha, "alpha_step": self._alpha_step, "step_sums": self._step_sums}
+            folder.mkdir(parents=True, exist_ok=True)
+            state = {
+                "alpha": self._alpha,
+                "alpha_step": self._alpha_step,
+                "step_sums": self._step_sums,
+                "total_train_tokens": self._total_train_tokens,
+            }
             (folder / STATE_FILE).write_text(json.dumps(state))
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -273,6 +285,7 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         if (folder / STATE_FILE).is_file():
             state = json.loads((folder / STATE_FILE).read_text())
             self._alpha, self._alpha_step, self._step_sums = state["alpha"], state["alpha_step"], state["step_sums"]
+            self._total_train_tokens = state.get("total_train_tokens", self._total_train_tokens)
 
     def export_student(self, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the student as a plain transformers folder: LoRA adapters merged, no projection inside.
@@ -302,7 +315,7 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         if projection is not None:
             delattr(model, PROJECTION)
         try:
-            with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+            with atomic_output_dir(output_dir, overwrite=overwrite, kind="distilled model") as staging:
                 model.save_pretrained(staging, state_dict=state_dict)
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(staging)

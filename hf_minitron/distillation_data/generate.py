@@ -29,13 +29,15 @@ import torch
 from ..errors import MinitronError
 from ..fingerprints import fingerprint
 from ..loading import describe_source, load_model_and_tokenizer, load_tokenizer
-from ..outputs import write_text_atomically
+from ..locking import output_lock
+from ..outputs import has_contents, prepare_work_dir, remove_if_unused, write_text_atomically
 from .backends import TransformersBackend, VllmBackend
 from .prompts import BUILTIN_PROMPTS, load_prompts
 
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "generation.json"
+DATA_KIND = "generated distillation data"
 BACKENDS = ("transformers", "vllm")
 
 
@@ -152,6 +154,17 @@ def generate_distillation_data(
     """Have ``teacher`` (a model, or anything ``load_model`` accepts) answer ``prompts`` and write the
     answers as a sharded dataset folder. Rerunning with the same teacher, prompts and settings resumes
     an interrupted run; anything else in an existing folder is refused unless ``overwrite``."""
+    made = not Path(output_dir).exists()
+    with output_lock(output_dir):  # one writer at a time: a second run into the folder is refused at once
+        try:
+            return _generate(teacher, prompts, output_dir, settings, tokenizer, prompt_column, overwrite, progress)
+        except BaseException:
+            if made:
+                remove_if_unused(output_dir)  # a refusal leaves nothing behind
+            raise
+
+
+def _generate(teacher, prompts, output_dir, settings, tokenizer, prompt_column, overwrite, progress):
     settings = settings or GenerationSettings()
     settings.check()
     prompt_list = load_prompts(prompts, column=prompt_column, max_prompts=settings.max_prompts)
@@ -277,23 +290,19 @@ def _read_record(output: Path) -> dict | None:
 
 
 def _existing_run(output: Path, inputs: dict, overwrite: bool) -> set[int]:
-    """Shards an earlier run with the same inputs finished; refuse a folder holding anything else."""
-    if not output.exists():
-        return set()
-    if not output.is_dir():
+    """Shards an earlier run with the same inputs finished; refuse a folder holding anything else.
+
+    Runs with the folder locked; with ``overwrite``, an earlier run's folder (hf_minitron's marker) is cleared."""
+    if output.exists() and not output.is_dir():
         raise MinitronError(f"Output path '{output}' is a file, not a folder", fix="choose a folder path")
     record = _read_record(output)
-    if overwrite:
-        import shutil
-
-        shutil.rmtree(output)
-        return set()
-    if record is None:
-        if any(output.iterdir()):
+    if overwrite or record is None:
+        if not overwrite and has_contents(output):
             raise MinitronError(
                 f"Output folder '{output}' already holds something else",
                 fix="choose another folder, or pass overwrite=True (--overwrite) to replace it",
             )
+        prepare_work_dir(output, kind=DATA_KIND, overwrite=overwrite, keep=True)  # refuses to clear others' files
         return set()
     if record.get("inputs_fingerprint") != fingerprint(inputs):
         raise MinitronError(

@@ -106,7 +106,7 @@ def cache_teacher_logits(
     start = time.time()
     fingerprints, shards, buffer = [], [], _ShardBuffer()
     total_tokens = 0
-    with atomic_output_dir(output_dir, overwrite) as staging, torch.no_grad():
+    with atomic_output_dir(output_dir, overwrite, kind="teacher logit cache") as staging, torch.no_grad():
         for first in range(0, len(rows), batch_size):
             batch = rows[first : first + batch_size]
             length = max(len(ids) for ids in batch["input_ids"])

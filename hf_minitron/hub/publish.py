@@ -16,10 +16,12 @@ import tempfile
 from pathlib import Path
 
 from ..errors import MinitronError
+from ..outputs import MARKER_FILE, atomic_output_dir
 from .card import model_link, render_model_card
 
 FACTS_FILE = "card_facts.json"
 VARIANT_KINDS = ("Base", "Instruct")
+DRY_RUN_KIND = "publish dry run"
 
 
 def variant_repo_id(repo_id: str, variant: str, kind: str) -> str:
@@ -67,11 +69,23 @@ def stage_for_upload(folders: list[Path], repo_id: str, destination: Path) -> li
         if facts["kind"] == "Instruct" and facts["variant"] in base_ids:
             facts["base"] = model_link(base_ids[facts["variant"]])
         staged = destination / target.replace("/", "__")
-        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(FACTS_FILE, "README.md"))
+        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(FACTS_FILE, "README.md", MARKER_FILE))
         (staged / "README.md").write_text(render_model_card(facts), encoding="utf-8")
         files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
         plan.append({"repo_id": target, "folder": staged, "files": files})
     return plan
+
+
+def _check_apart(destination: Path, sources: list[Path]) -> None:
+    """The dry-run folder must not hold what is published: replacing it would delete the models."""
+    where = destination.resolve()
+    for source in sources:
+        if where == source.resolve() or where in source.resolve().parents:
+            raise MinitronError(
+                f"--dry-run-dir '{destination}' holds the models being published ('{source}')",
+                "A dry run replaces its folder, which would delete them",
+                "choose a separate folder for the dry run (default: RUN/publish-dry-run)",
+            )
 
 
 def publish(
@@ -90,11 +104,11 @@ def publish(
     _check_repo_id(repo_id)
     if dry_run:
         destination = Path(dry_run_dir or Path(path) / "publish-dry-run")
-        if destination.exists():
-            shutil.rmtree(destination)
-        destination.mkdir(parents=True)
-        plan = stage_for_upload(folders, repo_id, destination)
-        return [{**entry, "folder": str(entry["folder"]), "pushed": False} for entry in plan]
+        _check_apart(destination, [Path(path), *folders])
+        # Replaces an earlier dry run's folder, and nothing else: any other existing folder is refused.
+        with atomic_output_dir(destination, kind=DRY_RUN_KIND, replace_same_kind=True) as staging:
+            plan = stage_for_upload(folders, repo_id, staging)
+        return [{**e, "folder": str(destination / e["folder"].name), "pushed": False} for e in plan]
     token = token or get_token()
     if not token:
         raise MinitronError(

@@ -18,9 +18,11 @@ from .scores import ImportanceScores
 
 @torch.no_grad()
 def magnitude_importance(model) -> ImportanceScores:
-    """Scores with the same shape as ``estimate_importance``'s, from weights alone (block importance: zeros).
+    """Scores with the same shape as ``estimate_importance``'s, from weights alone.
 
     Counted: the 2-D weights of every decoder layer, and the input embeddings (towards channels).
+    A layer's block importance is the L2 norm of all its 2-D weights (layers with the smallest
+    weights are the ones ``block_importance`` selection drops).
     """
     family = family_for(model)
     config = model.config
@@ -28,12 +30,15 @@ def magnitude_importance(model) -> ImportanceScores:
     heads = torch.zeros(num_layers, config.num_attention_heads)
     neurons = torch.zeros(num_layers, config.intermediate_size)
     channels = torch.zeros(num_layers, config.hidden_size)
+    blocks = torch.zeros(num_layers)
     plan = compile_plan(family)
     for name, param in model.named_parameters():
         axes, layer = match_parameter(plan, name)
         if param.dim() != 2 or (layer is None and name != f"{family.embeddings}.weight"):
             continue
         weight = param.detach().float()
+        if layer is not None:
+            blocks[layer] += weight.pow(2).sum().cpu()
         for dim, axis in enumerate(axes):
             squares = weight.pow(2).sum(dim=1 - dim).cpu()  # one value per index along this dimension
             if axis == HEADS:
@@ -46,6 +51,6 @@ def magnitude_importance(model) -> ImportanceScores:
         heads=heads,
         neurons=neurons,
         channels_per_layer=channels,
-        block_importance=torch.zeros(num_layers),
+        block_importance=blocks.sqrt(),
         metadata={"model": getattr(config, "_name_or_path", ""), "data": "none (weight magnitude)"},
     )

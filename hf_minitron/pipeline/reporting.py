@@ -13,6 +13,7 @@ from ..data import describe_text_source
 from ..evaluation import evaluate_model
 from ..hub.card import HUB_ID
 from ..loading import BUILTIN_MODELS, BUILTIN_PREFIX, describe_source
+from ..outputs import MARKER_FILE
 from ..shapes import ModelShape, comparison_table, human_count
 from ..tables import format_table
 from .stages import Run
@@ -260,11 +261,10 @@ def model_card(run: Run, folder: Path, records: dict) -> dict:
         for kind, stage in kinds:
             facts = card_facts(run, name, kind, records)
             target = folder / facts["name"]
-            shutil.copytree(run.folder(stage) / name, target)
+            leave_out = shutil.ignore_patterns("stage.json", MARKER_FILE)  # records of this run, not of the model
+            shutil.copytree(run.folder(stage) / name, target, ignore=leave_out)
             shutil.copy(run.folder("prune") / name / "pruning_config.json", target)
-            shutil.copytree(
-                run.folder("importance"), target / "importance", ignore=shutil.ignore_patterns("stage.json")
-            )
+            shutil.copytree(run.folder("importance"), target / "importance", ignore=leave_out)
             for title, file in (
                 ("Importance per layer", "importance/importance.png"),
                 ("Loss when a block of layers is removed", "importance/block_removal.png"),

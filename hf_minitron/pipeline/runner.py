@@ -1,32 +1,40 @@
-"""Running a recipe as resumable stages, each in its own folder with a fingerprint of its inputs.
+"""Running a recipe as resumable stages, each in its own folder with a record of its inputs and outputs.
 
-A stage's fingerprint covers its own settings, the fingerprints of the stages it reads, and the
-size and modification time of local files it reads. ``resume`` skips a finished stage only when
-its fingerprint still matches; a changed stage and everything after it run again; ``from_stage``
-reruns from that stage on. A stage's folder appears only when the stage finishes (teacher-data
-generation excepted: it resumes shard by shard inside its folder).
+``resume`` skips a finished stage only when the fingerprint of its inputs still matches and its
+outputs are still as written (see ``records``); a stage that changed or was damaged runs again, and
+so does every stage reading what it wrote, if that changed. ``from_stage`` reruns from that stage on.
+A stage's folder appears only when the stage finishes (teacher-data generation excepted: it resumes
+shard by shard inside its folder). Training stages keep their Trainer checkpoints in
+``checkpoints/STAGE/`` and, after a kill, continue from the last complete one.
+
+The run folder is locked for the whole run, and carries hf_minitron's marker: ``overwrite`` clears only
+such a folder.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .. import __version__
+from ..crashpoints import pause_point
+from ..distillation_data.generate import DATA_KIND
 from ..errors import MinitronError
 from ..fingerprints import fingerprint
-from ..outputs import atomic_output_dir, write_text_atomically
-from . import quantized, reporting, stages
-from .recipe import GENERATED, Recipe, load_recipe
+from ..outputs import atomic_output_dir, claim_work_dir, prepare_work_dir, write_text_atomically
+from ..redaction import redact
+from . import quantized, records, reporting, stages
+from .recipe import Recipe, load_recipe
 
-STAGE_FILE = "stage.json"
 RUN_FILE = "run.json"
+RUN_KIND = "pipeline run"
+STAGE_KIND = "pipeline stage"
+CHECKPOINTS_KIND = "training checkpoints"
 
 
 @dataclass
@@ -37,15 +45,16 @@ class Stage:
     function: object
     needs_records: bool = False
     atomic: bool = True
+    trains: bool = False  # keeps Trainer checkpoints in checkpoints/FOLDER/ and resumes from them
 
 
 ALL_STAGES = (
-    Stage("teacher_correction", "teacher-correction", (), stages.teacher_correction),
+    Stage("teacher_correction", "teacher-correction", (), stages.teacher_correction, trains=True),
     Stage("importance", "importance", ("teacher_correction",), stages.importance),
     Stage("prune", "prune", ("importance",), stages.prune),
     Stage("generate_data", "generate-data", ("teacher_correction",), stages.generate_data, atomic=False),
-    Stage("distill", "distill", ("prune", "generate_data"), stages.distill),
-    Stage("align", "align", ("distill", "generate_data"), stages.align),
+    Stage("distill", "distill", ("prune", "generate_data"), stages.distill, trains=True),
+    Stage("align", "align", ("distill", "generate_data"), stages.align, trains=True),
     Stage("evaluate", "evaluate", ("prune", "distill", "align"), reporting.evaluate),
     Stage("quantize", "quantize", ("distill", "align", "evaluate"), quantized.quantize),
     Stage(
@@ -58,49 +67,6 @@ ALL_STAGES = (
     Stage("publish", "publish", ("model_card",), reporting.publish, True),
 )
 STAGE_NAMES = tuple(stage.name for stage in ALL_STAGES)
-
-
-def _local_signature(value):
-    """Local files a stage reads: their size and modification time, so edits are noticed."""
-    if isinstance(value, str) and value not in ("", GENERATED) and Path(value).exists():
-        path = Path(value)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    return None
-
-
-def _settings(recipe: Recipe, name: str):
-    section = {
-        "teacher_correction": recipe.teacher_correction,
-        "importance": {
-            "calibration": asdict(recipe.calibration),
-            "students": {k: v.to_dict() for k, v in recipe.students.items()},
-        },
-        "prune": {
-            "students": {k: v.to_dict() for k, v in recipe.students.items()},
-            "reconstruction": recipe.reconstruction.to_dict() if recipe.reconstruction else None,
-            "calibration": asdict(recipe.calibration) if recipe.reconstruction else None,
-        },
-        "generate_data": recipe.generate_data,
-        "distill": recipe.distill,
-        "align": recipe.align,
-        "evaluate": asdict(recipe.evaluate),
-        "quantize": asdict(recipe.quantize) if recipe.quantize else None,
-        "model_card": {
-            "card": asdict(recipe.card),
-            "name": recipe.name,
-            "repo_id": recipe.publish.repo_id if recipe.publish else None,
-        },
-        "publish": asdict(recipe.publish) if recipe.publish else None,
-    }[name]
-    flat = {}  # settings up to two levels deep, e.g. "calibration.data", "evaluate.tasks" entries
-    for key, value in (json.loads(json.dumps(section, default=str)) or {}).items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
-    signatures = {key: _local_signature(value) for key, value in flat.items()}
-    return section, {key: signature for key, signature in signatures.items() if signature}
 
 
 def enabled_stages(recipe: Recipe, publish: bool = True) -> list[Stage]:
@@ -127,89 +93,84 @@ def run_recipe(
     """Run every enabled stage of ``recipe`` into ``output_dir``; returns the run summary."""
     recipe = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
     recipe = recipe.scaled(budget) if budget != 1.0 else recipe
-    output = Path(output_dir)
     plan = enabled_stages(recipe, publish)
     if from_stage is not None and from_stage not in [s.name for s in plan]:
         raise MinitronError(
             f"--from {from_stage}: no such stage in this recipe", f"its stages are {', '.join(s.name for s in plan)}"
         )
-    _prepare_output(output, resume or from_stage is not None, overwrite)
+    output = Path(output_dir)
+    with claim_work_dir(
+        output,
+        kind=RUN_KIND,
+        overwrite=overwrite,
+        keep=resume or from_stage is not None,
+        busy_fix="pass --resume to continue that run, --from STAGE to rerun from a stage, or --overwrite to start over",
+    ):
+        return _run_stages(recipe, plan, output, from_stage, budget)
+
+
+def _run_stages(recipe: Recipe, plan: list[Stage], output: Path, from_stage: str | None, budget: float) -> dict:
     run = stages.Run(recipe, output)
-    write_text_atomically(output / "recipe.yaml", yaml.safe_dump(recipe.raw, sort_keys=False))
+    write_text_atomically(output / "recipe.yaml", yaml.safe_dump(redact(recipe.raw), sort_keys=False))
     write_text_atomically(output / RUN_FILE, json.dumps({"version": __version__, "budget": budget}) + "\n")
+    teacher = records.teacher_identity(recipe)
     fingerprints: dict[str, str] = {}
-    records: dict[str, dict] = {}
+    digests: dict[str, str] = {}
+    results: dict[str, dict] = {}
     forced = False
     start = time.time()
     for index, stage in enumerate(plan, start=1):
-        section, files = _settings(recipe, stage.name)
-        upstream = {name: fingerprints[name] for name in stage.reads if name in fingerprints}
+        section, files = records.stage_inputs(recipe, stage.name)
+        upstream = {name: [fingerprints[name], digests[name]] for name in stage.reads if name in fingerprints}
         fingerprints[stage.name] = fingerprint(
-            {"stage": stage.name, "settings": section, "files": files, "upstream": upstream, "version": __version__}
+            {
+                "stage": stage.name,
+                "settings": section,
+                "files": files,
+                "teacher": teacher,
+                "upstream": upstream,
+                "version": __version__,
+            }
         )
         forced = forced or stage.name == from_stage
         folder = output / stage.folder
-        previous = _read_stage(folder)
+        previous = records.read_stage(folder)
         label = f"[{index}/{len(plan)}] {stage.name}"
         if not forced and previous and previous.get("fingerprint") == fingerprints[stage.name]:
-            print(f"{label}: finished earlier with the same inputs, skipped", file=sys.stderr)
-            records[stage.name] = previous["record"]
-            continue
-        if previous and not forced:
+            problem = records.outputs_problem(folder, previous)
+            if problem is None:
+                print(f"{label}: finished earlier with the same inputs, outputs verified, skipped", file=sys.stderr)
+                results[stage.name], digests[stage.name] = previous["record"], previous["outputs_digest"]
+                continue
+            print(f"{label}: its output {problem}; running it again", file=sys.stderr)
+        elif previous and not forced:
             print(f"{label}: inputs changed since it ran, running again", file=sys.stderr)
         else:
             print(f"{label}: running", file=sys.stderr)
         began = time.time()
-        records[stage.name] = _run_stage(stage, run, folder, records)
+        if stage.trains:  # checkpoints of other inputs, or of a forced rerun, are cleared
+            key = fingerprints[stage.name]
+            prepare_work_dir(run.checkpoints(stage.folder), kind=CHECKPOINTS_KIND, key=key, overwrite=forced, keep=True)
+        results[stage.name] = redact(_run_stage(stage, run, folder, results, fingerprints[stage.name]))
         seconds = round(time.time() - began, 1)
-        write_text_atomically(
-            folder / STAGE_FILE,
-            json.dumps(
-                {"fingerprint": fingerprints[stage.name], "seconds": seconds, "record": records[stage.name]}, indent=2
-            )
-            + "\n",
-        )
+        digests[stage.name] = records.write_stage(folder, fingerprints[stage.name], seconds, results[stage.name])
         print(f"{label}: done in {seconds} s", file=sys.stderr)
-    table, data = reporting.summary(run, records)
+    table, data = reporting.summary(run, results)
     data["seconds"] = round(time.time() - start, 1)
     data["stages"] = [stage.name for stage in plan]
+    data = redact(data)
     write_text_atomically(output / "summary.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     write_text_atomically(output / "summary.txt", table + "\n")
     return {"table": table, **data}
 
 
-def _prepare_output(output: Path, resuming: bool, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise MinitronError(f"Output path '{output}' is a file, not a folder", fix="choose a folder path")
-    holds_run = (output / RUN_FILE).is_file()
-    if overwrite and output.exists():
-        shutil.rmtree(output)
-    elif output.exists() and any(output.iterdir()) and not (holds_run and resuming):
-        raise MinitronError(
-            f"Output folder '{output}' already holds " + ("a run" if holds_run else "other files"),
-            "a pipeline never mixes its stages into an unrelated folder",
-            "pass --resume to continue that run, --from STAGE to rerun from a stage, or --overwrite to start over"
-            if holds_run
-            else "choose another folder",
-        )
-    output.mkdir(parents=True, exist_ok=True)
-
-
-def _read_stage(folder: Path) -> dict | None:
-    path = folder / STAGE_FILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None  # a damaged record means "not finished"
-
-
-def _run_stage(stage: Stage, run, folder: Path, records: dict) -> dict:
-    arguments = (records,) if stage.needs_records else ()
-    if not stage.atomic:
-        if (folder / STAGE_FILE).is_file():  # finished earlier, now rerun: start clean
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+def _run_stage(stage: Stage, run, folder: Path, results: dict, stage_fingerprint: str) -> dict:
+    arguments = (results,) if stage.needs_records else ()
+    if not stage.atomic:  # fills its folder over time; a finished one run again starts clean
+        finished = (folder / records.STAGE_FILE).is_file()
+        prepare_work_dir(folder, kind=DATA_KIND, key=stage_fingerprint, overwrite=finished, keep=True)
         return stage.function(run, folder, *arguments)
-    with atomic_output_dir(folder, overwrite=True) as staging:
+    with atomic_output_dir(folder, overwrite=True, kind=STAGE_KIND) as staging:
+        pause_point(f"stage:{stage.name}")
         record = stage.function(run, staging, *arguments)
     return record

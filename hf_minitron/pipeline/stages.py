@@ -1,7 +1,9 @@
 """The stages that make models: teacher correction, importance, pruning, data generation, distillation, alignment.
 
 Each stage is a function ``(run, folder) -> dict`` writing into its own folder (the runner makes
-the folder appear only when the stage finishes) and returning facts for the run's records.
+the folder appear only when the stage finishes) and returning facts for the run's records. Training
+stages keep their Trainer output (checkpoints, logs) in ``run.checkpoints(STAGE, student)``, which
+the runner keeps across a kill, and continue from its last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..alignment.sft import AlignmentConfig, align_model
+from ..checkpoints import last_complete_checkpoint, train_from
 from ..data import CalibrationSet, build_calibration_set, describe_text_source, load_training_dataset
 from ..errors import MinitronError
 from ..loading import describe_source, load_model, load_model_and_tokenizer
@@ -20,6 +23,7 @@ from ..shapes import model_shape
 from .recipe import GENERATED, TRAINING_KEYS, Recipe
 
 CPU_TOKENS_PER_SECOND = 100  # about what a 2-core CPU trains a SmolLM2-sized student at
+CHECKPOINTS_FOLDER = "checkpoints"
 
 
 def alignment_config_class():
@@ -36,6 +40,11 @@ class Run:
 
     def folder(self, stage: str) -> Path:
         return self.output_dir / stage
+
+    def checkpoints(self, stage: str, student: str | None = None) -> Path:
+        """Where a training stage's Trainer writes its checkpoints and logs (for one student, if given)."""
+        folder = self.output_dir / CHECKPOINTS_FOLDER / stage
+        return folder / student if student else folder
 
     def teacher_source(self) -> str:
         corrected = self.folder("teacher-correction") / "model"
@@ -91,8 +100,16 @@ def teacher_correction(run: Run, folder: Path) -> dict:
 
     section = run.recipe.teacher_correction
     teacher, tokenizer = run.teacher()
-    args = TeacherCorrectionConfig(output_dir=str(folder / "run"), **_trainer_settings(section))
-    correct_teacher(teacher, run.dataset(section), args, processing_class=tokenizer, export_dir=folder / "model")
+    output_dir = run.checkpoints("teacher-correction")
+    args = TeacherCorrectionConfig(output_dir=str(output_dir), **_trainer_settings(section))
+    correct_teacher(
+        teacher,
+        run.dataset(section),
+        args,
+        processing_class=tokenizer,
+        export_dir=folder / "model",
+        resume_from_checkpoint=_resume_point(output_dir),
+    )
     return {"data": run.describe_data(section), "steps": args.max_steps}
 
 
@@ -181,7 +198,8 @@ def distill(run: Run, folder: Path) -> dict:
     evaluation = run.dataset(section, "eval_dataset") if section.get("eval_dataset") else None
     facts = {"data": run.describe_data(section), "students": {}}
     for name in run.recipe.students:
-        args = DistillationConfig(output_dir=str(folder / "runs" / name), **_trainer_settings(section))
+        output_dir = run.checkpoints("distill", name)
+        args = DistillationConfig(output_dir=str(output_dir), **_trainer_settings(section))
         budget = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
         print(
             f"  distilling '{name}' for {args.max_steps} steps (≤{budget * (args.max_length or 0)} tokens); "
@@ -197,7 +215,7 @@ def distill(run: Run, folder: Path) -> dict:
             eval_dataset=evaluation,
             processing_class=tokenizer,
         )
-        trainer.train()
+        train_from(trainer, _resume_point(output_dir))
         trainer.export_student(folder / name)
         plot_training_curves(trainer.state.log_history, folder / name / "training_curves.png")
         losses = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -218,12 +236,23 @@ def align(run: Run, folder: Path) -> dict:
     data = run.dataset(section)
     facts = {"data": run.describe_data(section), "students": {}}
     for name in run.recipe.students:
-        args = AlignmentConfig(output_dir=str(folder / "runs" / name), **_trainer_settings(section))
+        output_dir = run.checkpoints("align", name)
+        args = AlignmentConfig(output_dir=str(output_dir), **_trainer_settings(section))
         model = run.load(run.folder("distill") / name).requires_grad_(True)
-        align_model(model, copy.deepcopy(tokenizer), data, args, folder / name)
+        align_model(
+            model, copy.deepcopy(tokenizer), data, args, folder / name, resume_from_checkpoint=_resume_point(output_dir)
+        )
         facts["students"][name] = {"steps": args.max_steps, "rows": len(data)}
     facts["settings"] = _public_settings(section)
     return facts
+
+
+def _resume_point(output_dir: Path) -> str | None:
+    """The last complete checkpoint a killed run left (incomplete ones are removed), or None."""
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is not None:
+        print(f"  continuing from {checkpoint.parent.name}/{checkpoint.name}", file=sys.stderr)
+    return str(checkpoint) if checkpoint is not None else None
 
 
 def _public_settings(section: dict) -> dict:

@@ -20,7 +20,7 @@ import torch
 from ..errors import MinitronError
 from ..families import FAMILIES, family_for
 from ..loading import load_model_and_tokenizer
-from ..outputs import check_output_dir
+from ..outputs import check_output_file
 
 GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
 
@@ -97,9 +97,7 @@ def export_gguf(
     output = Path(output_file)
     if output.suffix != ".gguf":
         raise MinitronError(f"'{output}' should end in .gguf", fix="name the output file NAME.gguf")
-    if output.exists() and not overwrite:
-        raise MinitronError(f"'{output}' already exists", fix="choose another name or pass --overwrite")
-    check_output_dir(output.parent, overwrite=True)
+    check_output_file(output, overwrite)
     if isinstance(model_or_path, (str, Path)):
         model, loaded = load_model_and_tokenizer(str(model_or_path), dtype="float32")
         tokenizer = tokenizer or loaded

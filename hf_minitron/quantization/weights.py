@@ -86,7 +86,7 @@ def quantize_model(
         dtype=torch.bfloat16 if on_gpu else torch.float32,
         device_map="cuda:0" if on_gpu else None,
     )
-    with atomic_output_dir(output_dir, overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite, kind="quantized model") as staging:
         model.save_pretrained(staging)
         AutoTokenizer.from_pretrained(source).save_pretrained(staging)
         for name in PROVENANCE:

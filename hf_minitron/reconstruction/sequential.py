@@ -118,11 +118,10 @@ def reconstruct_models(
             "settings": config.to_dict(),
             "data": calibration_data.description,
             "tokens": calibration_data.num_tokens,
-            "seconds": seconds,
             "layers": walk.fits,
         }
-        _record(walk.model, report)
-        reports.append(report)
+        _record(walk.model, report)  # what is saved with the model: the same on every rerun
+        reports.append({**report, "seconds": seconds})
     return reports
 
 
@@ -179,7 +178,7 @@ def _mean(values: list[float]) -> float | None:
 
 def _record(student, report: dict) -> None:
     """A compact summary in the student's pruning record (config.json), for cards and provenance."""
-    summary = {key: report[key] for key in ("settings", "data", "tokens", "seconds")}
+    summary = {key: report[key] for key in ("settings", "data", "tokens")}
     for part in ("attention", "mlp"):
         fits = [fit[part] for fit in report["layers"] if part in fit]
         summary[f"{part}_fits"] = len(fits)

@@ -17,11 +17,14 @@ from tqdm.auto import tqdm
 
 from ..distillation import DistillationConfig, DistillationTrainer
 from ..evaluation.tasks import load_task, score_task
+from ..locking import output_lock
+from ..outputs import prepare_work_dir
 from ..pruning import prune_model
 from ..tables import format_table
 from .candidates import Candidate
 
 RESULTS_FILE = "search_results.jsonl"
+SEARCH_KIND = "architecture search"
 WINNER_DIR = "winner"
 
 
@@ -61,10 +64,19 @@ def architecture_search(
     settings: SearchSettings | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Distil each candidate for ``settings.steps`` steps; return all results ranked by eval LM loss."""
-    settings = settings or SearchSettings()
+    """Distil each candidate for ``settings.steps`` steps; return all results ranked by eval LM loss.
+
+    Candidates already finished in ``output_dir`` (an earlier, interrupted search) are not trained again."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(output_dir):
+        prepare_work_dir(output_dir, kind=SEARCH_KIND, keep=True)
+        return _search(
+            teacher, tokenizer, scores, candidates, train_dataset, eval_dataset, output_dir, settings, progress
+        )
+
+
+def _search(teacher, tokenizer, scores, candidates, train_dataset, eval_dataset, output_dir, settings, progress):
+    settings = settings or SearchSettings()
     done = {r["name"]: r for r in read_results(output_dir)}
     best = min(done.values(), key=lambda r: r["eval_lm_loss"], default=None)
     task_docs = load_task(settings.eval_task, settings.eval_task_limit) if settings.eval_task else None

@@ -1,10 +1,6 @@
 """hf_minitron: the Minitron recipe (prune → re-fit → distil) for Hugging Face causal language models."""
 
-from .quiet import quiet_third_party_logs
-
-quiet_third_party_logs()  # before anything imports transformers (and through it torchao)
-
-
+from . import quiet  # noqa: F401  first: turns down other packages' noise before transformers is imported
 from .data import CalibrationSet, build_calibration_set
 from .errors import MinitronError
 from .families import FAMILIES, family_for

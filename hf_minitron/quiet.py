@@ -18,3 +18,6 @@ QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 def quiet_third_party_logs() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+quiet_third_party_logs()  # on import: hf_minitron/__init__.py imports this module first

@@ -287,3 +287,25 @@ def load_training_dataset(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     return dataset
+
+
+def token_block_dataset(dataset, tokenizer, block_size: int, text_column: str | None = None):
+    """Texts joined with EOS and cut into rows of exactly ``block_size`` tokens (``input_ids``), the last
+    partial block dropped: pre-training-style rows that any SFT or distillation trainer reads as they are,
+    with no padding and no text lost to truncation, and that a teacher-logit cache can index row by row."""
+    import datasets
+
+    if block_size < 2:
+        raise MinitronError(f"block_size ({block_size}) must be ≥ 2")
+    stream: list[int] = []
+    for row in dataset:
+        text = _text_of_row(row, text_column, tokenizer)
+        if text.strip():
+            stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+    blocks = [stream[start : start + block_size] for start in range(0, len(stream) - block_size + 1, block_size)]
+    if not blocks:
+        raise MinitronError(
+            f"The training text holds {len(stream)} tokens, fewer than one block of {block_size}",
+            fix="give more text or a smaller block_size",
+        )
+    return datasets.Dataset.from_dict({"input_ids": blocks})

@@ -279,3 +279,34 @@ def test_publish_needs_no_network_for_dry_run(finished_run, tmp_path):
     plan = publish(folder / "run" / "models" / "Tiny-Depth-Base", "org/X", dry_run=True, dry_run_dir=tmp_path / "d")
     assert [e["repo_id"] for e in plan] == ["org/X-Depth-Base"]
     assert (tmp_path / "d" / "org__X-Depth-Base" / "model.safetensors").is_file()
+
+
+def test_students_share_one_teacher_cache_over_token_blocks(tmp_path):
+    """With teacher_cache the teacher runs once over the data; both students train from its top-k targets."""
+    values = make_inputs(tmp_path)
+    values["distill"].update(packing=False, block_size=16, teacher_cache={"top_k": 8})
+    for section in ("align", "quantize", "publish"):
+        values.pop(section)
+    values["evaluate"] = {"perplexity_data": values["evaluate"]["perplexity_data"], "seq_len": 32, "max_tokens": 64}
+    result = run_recipe(parse_recipe(values), tmp_path / "run", publish=False)
+    record = json.loads((tmp_path / "run" / "distill" / "stage.json").read_text())["record"]
+    assert record["teacher_cache"] == {"top_k": 8}
+    index = json.loads((tmp_path / "run" / "checkpoints" / "distill" / "teacher-cache" / "cache_index.json").read_text())
+    assert index["top_k"] == 8 and index["num_tokens"] > 0
+    for name in ("width", "depth"):
+        assert record["students"][name]["steps"] == 2 and record["students"][name]["tokens"] == 2 * 2 * 16
+    assert "ppl distilled" in result["table"]
+
+
+def test_bad_teacher_cache_settings_are_refused_before_anything_runs(tmp_path):
+    values = make_inputs(tmp_path)
+    values["distill"].update(teacher_cache={"top_k": 8})  # packing stays on: a cache cannot serve it
+    with pytest.raises(MinitronError, match="packing"):
+        parse_recipe(values)
+    values["distill"].update(packing=False, teacher_cache={"top": 8})
+    with pytest.raises(MinitronError, match="teacher_cache"):
+        parse_recipe(values)
+    values["distill"].pop("teacher_cache")
+    values["align"]["teacher_cache"] = {"top_k": 8}
+    with pytest.raises(MinitronError, match="belongs in the distill section"):
+        parse_recipe(values)

@@ -15,7 +15,7 @@ from pathlib import Path
 from trl import SFTConfig
 
 from ..checkpoints import train_from
-from ..distillation.config import gpu_bf16_default
+from ..distillation.config import apply_device_defaults
 from ..errors import MinitronError
 from ..outputs import atomic_output_dir
 from ..redaction import SecretsNotPickled
@@ -26,7 +26,7 @@ class AlignmentConfig(SecretsNotPickled, SFTConfig):
     """TRL's SFTConfig, with bf16 switched on only where a GPU can run it (and no token in saved copies)."""
 
     def __post_init__(self):
-        gpu_bf16_default(self)
+        apply_device_defaults(self)
         super().__post_init__()
 
 

@@ -13,17 +13,21 @@ from ..redaction import SecretsNotPickled
 from .losses import DIVERGENCES, INTERMEDIATE_LOSSES
 
 
-def gpu_bf16_default(config) -> None:
-    """bf16 only where a GPU can run it; TRL's configs would otherwise switch it on everywhere.
+def apply_device_defaults(config) -> None:
+    """Defaults of every trainer config here (distillation, teacher correction, alignment).
 
-    Also carries TRL's ``gradient_checkpointing`` (its configs default it to True) over to
-    transformers' newer name ``activation_checkpointing`` where that exists, so building a config
-    does not warn about the old name on every run; either name works in recipes and YAML files.
+    bf16 only where a GPU can run it (TRL's configs would switch it on everywhere); no pinned
+    dataloader memory where there is no GPU to copy to; TRL's ``gradient_checkpointing`` (its
+    configs default it to True) carried over to transformers' newer name
+    ``activation_checkpointing`` where that exists, so building a config does not warn about the old
+    name on every run (either name works in recipes and YAML files).
     """
     if config.bf16 is None and not config.fp16:
         config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if hasattr(config, "activation_checkpointing") and config.activation_checkpointing is None:
         config.activation_checkpointing, config.gradient_checkpointing = config.gradient_checkpointing, None
+    if not torch.cuda.is_available():
+        config.dataloader_pin_memory = False  # pinned memory only helps copies to a GPU (torch warns otherwise)
 
 
 @dataclass
@@ -98,7 +102,7 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
     intermediate_alpha: str = field(default="dynamic", metadata={"help": "'dynamic' or a fixed number."})
 
     def __post_init__(self):
-        gpu_bf16_default(self)
+        apply_device_defaults(self)
         super().__post_init__()
         problems = []
         if self.divergence not in DIVERGENCES:

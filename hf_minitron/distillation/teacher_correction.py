@@ -19,7 +19,7 @@ from ..errors import MinitronError
 from ..loading import load_model
 from ..outputs import atomic_output_dir
 from ..redaction import SecretsNotPickled
-from .config import gpu_bf16_default
+from .config import apply_device_defaults
 
 
 @dataclass
@@ -39,7 +39,7 @@ class TeacherCorrectionConfig(SecretsNotPickled, SFTConfig):
                 "Minitron uses 1/5 of the teacher's original peak learning rate, which a checkpoint does not record",
                 "pass --learning_rate (e.g. 6e-5 for Llama-3.1-8B, whose peak was 3e-4)",
             )
-        gpu_bf16_default(self)
+        apply_device_defaults(self)
         super().__post_init__()
 
 

@@ -104,8 +104,19 @@ class Recipe:
         return scaled
 
 
-# Data keys of trainer sections, beside the fields of their config.
-TRAINING_KEYS = {"dataset", "dataset_config", "dataset_split", "eval_dataset", "max_samples"}
+# Data keys of trainer sections, beside the fields of their config. ``block_size``: train on rows of exactly
+# that many tokens cut from the joined text (no padding, nothing truncated). ``teacher_cache`` (distill only):
+# run the teacher once over the data into a top-k logit cache that every student trains from.
+TRAINING_KEYS = {
+    "dataset",
+    "dataset_config",
+    "dataset_split",
+    "eval_dataset",
+    "max_samples",
+    "block_size",
+    "teacher_cache",
+}
+TEACHER_CACHE_KEYS = {"top_k": int, "values_dtype": str, "batch_size": int}
 
 
 def _fail(section: str, message: str, accepted=None):
@@ -181,7 +192,11 @@ def _config_section(values, section: str, config_class, required_dataset: bool =
         _fail(section, f"unknown key(s) {', '.join(unknown)}", names | TRAINING_KEYS)
     types = _annotations(config_class)
     values = {k: _check_type(section, k, v, types[k]) if k in types else v for k, v in values.items()}
+    _check_data_keys(section, values)
     settings = {k: v for k, v in values.items() if k not in TRAINING_KEYS}
+    if values.get("teacher_cache") is not None:
+        # What a cache cannot serve (packing, intermediate losses) is refused now, by the config itself.
+        settings["teacher_logits_cache"] = tempfile.gettempdir()
     try:
         with tempfile.TemporaryDirectory() as scratch:
             config_class(**{"report_to": [], **settings, "output_dir": scratch})
@@ -190,6 +205,22 @@ def _config_section(values, section: str, config_class, required_dataset: bool =
     except (TypeError, ValueError) as error:
         _fail(section, f"invalid settings ({error})")
     return dict(values)
+
+
+def _check_data_keys(section: str, values: dict) -> None:
+    block = values.get("block_size")
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 2):
+        _fail(section, f"'block_size' must be an integer ≥ 2, got {block!r}")
+    cache = values.get("teacher_cache")
+    if cache is None:
+        return
+    if section != "distill":
+        _fail(section, "'teacher_cache' belongs in the distill section")
+    if not isinstance(cache, dict) or set(cache) - set(TEACHER_CACHE_KEYS):
+        _fail(section, f"'teacher_cache' must be a mapping of {', '.join(TEACHER_CACHE_KEYS)}, got {cache!r}")
+    for key, kind in TEACHER_CACHE_KEYS.items():
+        if key in cache and not isinstance(cache[key], kind):
+            _fail(section, f"'teacher_cache.{key}' must be {kind.__name__}, got {cache[key]!r}")
 
 
 def parse_recipe(values: dict) -> Recipe:

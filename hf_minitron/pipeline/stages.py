@@ -14,7 +14,13 @@ from pathlib import Path
 
 from ..alignment.sft import AlignmentConfig, align_model
 from ..checkpoints import last_complete_checkpoint, train_from
-from ..data import CalibrationSet, build_calibration_set, describe_text_source, load_training_dataset
+from ..data import (
+    CalibrationSet,
+    build_calibration_set,
+    describe_text_source,
+    load_training_dataset,
+    token_block_dataset,
+)
 from ..errors import MinitronError
 from ..loading import describe_source, load_model, load_model_and_tokenizer
 from ..pruning import check_pruning_config, prune_model, save_pruned_model
@@ -80,9 +86,13 @@ class Run:
         source = section[key]
         if source == GENERATED:
             source = str(self.folder("generate-data"))
-        return load_training_dataset(
+        dataset = load_training_dataset(
             source, section.get("dataset_config"), section.get("dataset_split", "train"), section.get("max_samples")
         )
+        if section.get("block_size"):
+            _, tokenizer = self.teacher()
+            dataset = token_block_dataset(dataset, tokenizer, section["block_size"])
+        return dataset
 
     def describe_data(self, section: dict, key: str = "dataset") -> str:
         if section[key] == GENERATED:
@@ -197,9 +207,13 @@ def distill(run: Run, folder: Path) -> dict:
     train = run.dataset(section)
     evaluation = run.dataset(section, "eval_dataset") if section.get("eval_dataset") else None
     facts = {"data": run.describe_data(section), "students": {}}
+    settings = _trainer_settings(section)
+    if section.get("teacher_cache") is not None:
+        settings["teacher_logits_cache"] = str(_shared_teacher_cache(run, section, train, settings))
+        facts["teacher_cache"] = dict(section["teacher_cache"])
     for name in run.recipe.students:
         output_dir = run.checkpoints("distill", name)
-        args = DistillationConfig(output_dir=str(output_dir), **_trainer_settings(section))
+        args = DistillationConfig(output_dir=str(output_dir), **settings)
         budget = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
         print(
             f"  distilling '{name}' for {args.max_steps} steps (≤{budget * (args.max_length or 0)} tokens); "
@@ -209,7 +223,7 @@ def distill(run: Run, folder: Path) -> dict:
         student = run.load(run.folder("prune") / name).requires_grad_(True)
         trainer = DistillationTrainer(
             model=student,
-            teacher_model=teacher,
+            teacher_model=None if args.teacher_logits_cache else teacher,
             args=args,
             train_dataset=train,
             eval_dataset=evaluation,
@@ -228,6 +242,28 @@ def distill(run: Run, folder: Path) -> dict:
         del trainer, student
     facts["settings"] = _public_settings(section)
     return facts
+
+
+def _shared_teacher_cache(run: Run, section: dict, train, settings: dict) -> Path:
+    """The teacher's top-k log-probabilities over the training rows, computed once for every student.
+
+    Kept with the stage's checkpoints (cleared when its inputs change), so a resumed run reuses it.
+    """
+    from ..distillation import DistillationConfig
+    from ..distillation_data import cache_teacher_logits
+    from ..distillation_data.logit_cache import INDEX_FILE
+
+    folder = run.checkpoints("distill") / "teacher-cache"
+    if (folder / INDEX_FILE).is_file():
+        return folder
+    teacher, tokenizer = run.teacher()
+    options = dict(section["teacher_cache"])
+    args = DistillationConfig(output_dir=str(run.checkpoints("distill")), **settings)
+    print(
+        f"  caching the teacher's top-{options.get('top_k', 64)} log-probabilities for every student", file=sys.stderr
+    )
+    cache_teacher_logits(teacher, train, folder, args, tokenizer=tokenizer, **options)
+    return folder
 
 
 def align(run: Run, folder: Path) -> dict:

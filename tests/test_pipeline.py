@@ -291,7 +291,8 @@ def test_students_share_one_teacher_cache_over_token_blocks(tmp_path):
     result = run_recipe(parse_recipe(values), tmp_path / "run", publish=False)
     record = json.loads((tmp_path / "run" / "distill" / "stage.json").read_text())["record"]
     assert record["teacher_cache"] == {"top_k": 8}
-    index = json.loads((tmp_path / "run" / "checkpoints" / "distill" / "teacher-cache" / "cache_index.json").read_text())
+    cache = tmp_path / "run" / "checkpoints" / "distill" / "teacher-cache"
+    index = json.loads((cache / "cache_index.json").read_text())
     assert index["top_k"] == 8 and index["num_tokens"] > 0
     for name in ("width", "depth"):
         assert record["students"][name]["steps"] == 2 and record["students"][name]["tokens"] == 2 * 2 * 16

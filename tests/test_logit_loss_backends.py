@@ -199,3 +199,39 @@ def test_auto_choices_on_the_cpu():
     assert stats["backend"] == "chunked"
     with pytest.raises(ValueError, match="not one of"):
         logit_loss_from_teacher(sh, sw, teacher, w, targets, backend="triton")
+
+
+def test_fp32_output_matmuls_and_their_fallbacks(monkeypatch):
+    """The CUDA path's dispatch, on the CPU: fp32-output kernels used once they pass their probe, and the
+    fallback taken (with the same result) when one fails on a real call."""
+    from hf_minitron.distillation.losses import matmul
+
+    calls = []
+
+    def fused_mm(a, b):  # what CUDA's mm(..., out_dtype=fp32) computes
+        calls.append("mm")
+        return a.float() @ b.float()
+
+    def fused_add(acc, a, b):
+        calls.append("addmm")
+        return acc.addmm_(a.float(), b.float())
+
+    monkeypatch.setattr(matmul, "_SUPPORT", {})
+    monkeypatch.setattr(matmul, "_fused_mm", fused_mm)
+    monkeypatch.setattr(matmul, "_fused_add", fused_add)
+    case = make_case(n=96, d=32, dt=48, v=256, dtype=torch.bfloat16)
+    expected = reference(*case)
+    result, _ = run("chunked", *case, chunk_size=32)
+    assert_matches(result, expected, gradient_tolerance=BF16_GRADIENTS)
+    assert calls.count("addmm") == 1 + 3 and calls.count("mm") == 1 + 2 * 3  # probes, then every chunk
+
+    def failing_add(acc, a, b):
+        if a.shape[0] > 24:  # passes the probe, fails on the loss's real shapes
+            raise RuntimeError("unsupported layout")
+        return fused_add(acc, a, b)
+
+    monkeypatch.setattr(matmul, "_SUPPORT", {})
+    monkeypatch.setattr(matmul, "_fused_add", failing_add)
+    result, _ = run("chunked", *case, chunk_size=32)
+    assert_matches(result, expected, gradient_tolerance=BF16_GRADIENTS)
+    assert matmul._SUPPORT[("addmm", "cpu", torch.bfloat16)] is False

@@ -69,7 +69,7 @@ SECTIONS = (
         "Distillation step, Llama-3.1-8B → 4.5B width (3072/9216) pair, gradient checkpointing",
         _STEP_COLUMNS,
         _STEP_ROWS,
-        cap=45,
+        cap=55,
         tiny_cap=30,
     ),
     Section(

@@ -24,26 +24,40 @@ from contextlib import nullcontext
 import torch
 
 _SUPPORT: dict[tuple[str, str, torch.dtype], bool] = {}
+_FAILURES = (RuntimeError, TypeError, NotImplementedError)
+
+
+def _fused_mm(a, b):
+    return torch.mm(a, b, out_dtype=torch.float32)
+
+
+def _fused_add(acc, a, b):
+    return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
 
 
 def _probe(kind: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fp32-output op runs here and gives the fp32 product, on the operand layouts the loss uses
+    (logits: a @ weightᵀ; weight gradient: gradᵀ @ hidden, into the accumulator itself)."""
     key = (kind, device.type, dtype)
     if key not in _SUPPORT:
         try:
             g = torch.Generator(device="cpu").manual_seed(0)
-            a = torch.randn(8, 16, generator=g).to(device=device, dtype=dtype)
-            b = torch.randn(16, 24, generator=g).to(device=device, dtype=dtype)
-            expected = a.float() @ b.float()
+            x = torch.randn(8, 16, generator=g).to(device=device, dtype=dtype)
+            y = torch.randn(24, 16, generator=g).to(device=device, dtype=dtype)
             if kind == "mm":
-                result = torch.mm(a, b, out_dtype=torch.float32)
+                result, expected = _fused_mm(x, y.t()), x.float() @ y.float().t()
             else:
-                acc = torch.ones(8, 24, device=device)
-                result = torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-                result, expected = acc, expected + 1
+                z = torch.randn(8, 24, generator=g).to(device=device, dtype=dtype)
+                acc = torch.ones(16, 24, device=device)
+                result, expected = _fused_add(acc, x.t(), z), 1 + x.float().t() @ z.float()
             _SUPPORT[key] = result.dtype == torch.float32 and torch.allclose(result, expected, rtol=1e-3, atol=1e-3)
-        except (RuntimeError, TypeError, NotImplementedError):
+        except _FAILURES:
             _SUPPORT[key] = False
     return _SUPPORT[key]
+
+
+def _give_up(kind: str, a: torch.Tensor) -> None:
+    _SUPPORT[(kind, a.device.type, a.dtype)] = False
 
 
 def matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -51,7 +65,10 @@ def matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype == torch.float32 and b.dtype == torch.float32:
         return a @ b
     if _probe("mm", a.device, a.dtype):
-        return torch.mm(a, b, out_dtype=torch.float32)
+        try:
+            return _fused_mm(a, b)
+        except _FAILURES:  # a layout or size the probe did not cover: the fallbacks from now on
+            _give_up("mm", a)
     if a.device.type == "cpu":
         return a.float() @ b.float()
     return (a @ b).float()
@@ -62,7 +79,10 @@ def add_product_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
     if a.dtype == torch.float32:
         return acc.addmm_(a, b)
     if _probe("addmm", a.device, a.dtype):
-        return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        try:
+            return _fused_add(acc, a, b)
+        except _FAILURES:
+            _give_up("addmm", a)
     if a.device.type == "cpu":
         return acc.addmm_(a.float(), b.float())
     return acc.add_(matmul_fp32(a, b))

@@ -26,14 +26,15 @@ MEASURED_ON_CPU = {
 }
 
 
-def run_bench(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_bench(out: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, str(ROOT / "bench" / "gpu" / "run.py"), "--out", str(out), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_tiny_run_fills_every_row(tmp_path):
-    result = run_bench(tmp_path, "--tiny", "--budget", "240")
+    # About 30 s; the generous budget and time boxes only matter on a machine busy with other work.
+    result = run_bench(tmp_path, "--tiny", "--budget", "900")
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
     markdown = (tmp_path / "results.md").read_text()

@@ -61,16 +61,16 @@ SECTIONS = (
             ("liger", "hf_minitron `liger` backend"),
         ),
         cap=90,
-        tiny_cap=30,
+        tiny_cap=90,
     ),
-    Section("step_1b", "Distillation step, 1.24B → 0.78B width pair", _STEP_COLUMNS, _STEP_ROWS, cap=45, tiny_cap=30),
+    Section("step_1b", "Distillation step, 1.24B → 0.78B width pair", _STEP_COLUMNS, _STEP_ROWS, cap=45, tiny_cap=90),
     Section(
         "step_8b",
         "Distillation step, Llama-3.1-8B → 4.5B width (3072/9216) pair, gradient checkpointing",
         _STEP_COLUMNS,
         _STEP_ROWS,
         cap=55,
-        tiny_cap=30,
+        tiny_cap=90,
     ),
     Section(
         "importance",
@@ -82,7 +82,7 @@ SECTIONS = (
             ("lm_forward", "causal-LM forward with full logits"),
         ),
         cap=40,
-        tiny_cap=25,
+        tiny_cap=90,
     ),
     Section(
         "prune",
@@ -93,7 +93,7 @@ SECTIONS = (
             ("depth", "`prune_model` to 16 layers (block importance)"),
         ),
         cap=20,
-        tiny_cap=20,
+        tiny_cap=90,
     ),
     Section(
         "inference",
@@ -114,7 +114,7 @@ SECTIONS = (
             ("depth", "depth student (16 layers)"),
         ),
         cap=60,
-        tiny_cap=25,
+        tiny_cap=90,
     ),
     Section(
         "step_options",
@@ -130,7 +130,7 @@ SECTIONS = (
             ("liger_kernels", "Liger RMSNorm/SwiGLU/RoPE kernels in both models (last: Liger patches transformers)"),
         ),
         cap=75,
-        tiny_cap=30,
+        tiny_cap=90,
     ),
 )
 

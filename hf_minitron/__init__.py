@@ -5,6 +5,7 @@ from .data import CalibrationSet, build_calibration_set
 from .errors import MinitronError
 from .families import FAMILIES, family_for
 from .importance import ImportanceScores, estimate_importance
+from .lazy import lazy_attributes
 from .loading import builtin_teacher, load_model, load_model_and_tokenizer, load_tokenizer
 from .pruning import PruningConfig, prune_model, save_pruned_model
 from .reconstruction import ReconstructionConfig, reconstruct_model, reconstruct_models
@@ -27,12 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hf_minitron' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -181,3 +181,37 @@ def test_magnitude_baseline_scores_zeroed_units_lowest():
     assert int(scores.heads[1].argmin()) == 1 and scores.heads[1, 1] == 0
     pruned = prune_model(model, PruningConfig(hidden_size=36, intermediate_size=40), scores)
     assert pruned.config.hidden_size == 36
+
+
+@pytest.mark.parametrize("how", AGGREGATIONS)
+def test_fused_reductions_equal_the_eager_ones(how):
+    """The compiled kernels CUDA uses compute what the eager reductions compute (here compiled for the CPU)."""
+    from hf_minitron.importance.aggregation import FusedReductions, token_magnitudes
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 10, 32, generator=g)
+    mask = torch.ones(3, 10)
+    mask[1, 7:] = 0
+    fused = FusedReductions()
+    for head_dim in (None, 8):
+        sums = fused.magnitude_sums(x, mask, how, head_dim)
+        if sums is None:
+            pytest.skip(f"torch.compile does not run here: {fused.failure}")
+        accumulator = SampleAccumulator()
+        accumulator.add(reduce_sequence(token_magnitudes(x, head_dim), mask, how))
+        torch.testing.assert_close(sums.double(), accumulator.sums, rtol=1e-5, atol=1e-6)
+    after = x + 0.3 * torch.randn(3, 10, 32, generator=g)
+    expected = (torch.nn.functional.cosine_similarity(x, after, dim=-1) * mask).sum()
+    torch.testing.assert_close(fused.cosine_sum(x, after, mask), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_estimate_with_fused_reductions_matches_the_eager_run(monkeypatch):
+    from hf_minitron.importance import estimate
+
+    model = tiny_model("llama")
+    calibration = tiny_calibration(num_samples=7, padded=True)
+    eager = estimate_importance(model, calibration_data=calibration, batch_size=3, progress=False)
+    monkeypatch.setattr(estimate, "use_fused_reductions", lambda device: True)
+    fused = estimate_importance(model, calibration_data=calibration, batch_size=3, progress=False)
+    for name in ("heads", "neurons", "channels_per_layer", "block_importance"):
+        torch.testing.assert_close(getattr(fused, name), getattr(eager, name), rtol=1e-5, atol=1e-6)

@@ -1,12 +1,28 @@
-"""Knowledge distillation: recover a pruned student's accuracy from its teacher."""
+"""Knowledge distillation: recover a pruned student's accuracy from its teacher.
 
-from .callbacks import LossComponentsCallback, NonFiniteLossCallback, NonFiniteLossError, TeacherGapCallback
-from .config import DistillationConfig
-from .losses import DIVERGENCES, chunked_logit_loss, plain_logit_loss
-from .trainer import DistillationTrainer
+The losses need only PyTorch; the trainer, its config and callbacks pull in TRL and transformers'
+Trainer, so they load on first use.
+"""
+
+from ..lazy import lazy_attributes
+from .losses import DIVERGENCES, LOGIT_LOSS_BACKENDS, chunked_logit_loss, plain_logit_loss
+
+_LAZY = {
+    "DistillationConfig": ".config",
+    "DistillationTrainer": ".trainer",
+    "LossComponentsCallback": ".callbacks",
+    "NonFiniteLossCallback": ".callbacks",
+    "NonFiniteLossError": ".callbacks",
+    "TeacherGapCallback": ".callbacks",
+}
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
+
 
 __all__ = [
     "DIVERGENCES",
+    "LOGIT_LOSS_BACKENDS",
     "DistillationConfig",
     "DistillationTrainer",
     "LossComponentsCallback",

@@ -10,7 +10,7 @@ from trl import SFTConfig
 
 from ..errors import MinitronError
 from ..redaction import SecretsNotPickled
-from .losses import DIVERGENCES, INTERMEDIATE_LOSSES
+from .losses import DIVERGENCES, INTERMEDIATE_LOSSES, LOGIT_LOSS_BACKENDS
 
 
 def apply_device_defaults(config) -> None:
@@ -39,7 +39,8 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
     teacher_model_name_or_path (`str`, *optional*): teacher to load when the trainer gets no `teacher_model`
         (Hub id, folder, `.gguf` file or `builtin:NAME`).
     teacher_model_init_kwargs (`dict` or `str`, *optional*): keyword arguments for loading the teacher, e.g.
-        `{"dtype": "bfloat16"}`; the teacher is frozen and kept in eval mode either way.
+        `{"dtype": "bfloat16"}`; the teacher is frozen and kept in eval mode either way. Without a dtype there,
+        the teacher runs in bf16 (fp16) when training in bf16 (fp16), else in fp32.
     teacher_logits_cache (`str`, *optional*): a folder written by `hf-minitron cache-logits`; the student then
         trains on the teacher's cached top-k log-probabilities (with the tail mass) and no teacher is loaded.
         Rows are matched to the cache by fingerprint; packing, padding-free batches and intermediate-state
@@ -57,8 +58,16 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
     kl_weight (`float`, defaults to `1.0`): weight of the logit (divergence) loss.
     ce_weight (`float`, defaults to `0.0`): weight of the student's LM cross-entropy; Minitron found the
         distillation loss alone best.
-    logit_chunk_size (`int`, defaults to `1024`): tokens per chunk of the logit loss; peak memory is about one
-        chunk × vocab of fp32 logits.
+    logit_chunk_size (`int`, *optional*): tokens per chunk of the logit loss; peak memory is about a few
+        chunk × vocab fp32 buffers. Unset: 1024 on the CPU, on a GPU the largest power of two whose fp32
+        chunk × vocab buffer fits in 1 GiB (2048 at a 128k vocabulary).
+    logit_loss_backend (`str`, defaults to `"auto"`): how the logit loss is computed. `chunked`: the project's
+        chunk, eager (fp32 for fp32 models; bf16 tensor-core matmuls with fp32 softmax and accumulation for
+        bf16 models or bf16 autocast). `compiled`: the same chunk with its softmax, divergence and gradient
+        fused by `torch.compile`. `liger`: Liger-Kernel's fused linear JSD (`pip install 'hf_minitron[liger]'`).
+        `auto`: `compiled` on a CUDA GPU with Triton, else `chunked`. A backend that cannot serve the settings
+        (Liger: cached teachers, kl_weight 0, evaluation) falls back and says why; the one used is logged
+        once when training starts.
     log_student_ce (`bool`, defaults to `True`): log the student's cross-entropy even when its weight is 0.
 
     > Intermediate-state loss (for heavily depth-pruned students)
@@ -70,6 +79,13 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
     embedding_loss (`bool`, defaults to `False`): also compare the embedding outputs.
     intermediate_alpha (`str`, defaults to `"dynamic"`): `dynamic` sets α = L_logits / L_intermediate (measured over
         the previous optimizer step, a detached scale), or a number for a fixed α. Total: L_logits + α·L_is.
+
+    > Speed (see also `use_liger_kernel`, `gradient_checkpointing` and `padding_free` / `packing`)
+
+    compile_layers (`bool`, defaults to `False`): `torch.compile` every decoder layer of the student and the
+        teacher (one compiled graph serves all layers of a model; the loss stays outside). `use_liger_kernel`
+        applies Liger's RMSNorm, SwiGLU and RoPE kernels to both models (never its fused LM-head loss, which
+        the logit loss replaces).
     """
 
     # Distillation text is often long documents: split what overflows max_length instead of dropping it.
@@ -92,7 +108,13 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
     jsd_beta: float = field(default=0.5, metadata={"help": "Teacher weight of the JSD mixture, in (0, 1)."})
     kl_weight: float = field(default=1.0, metadata={"help": "Weight of the logit distillation loss."})
     ce_weight: float = field(default=0.0, metadata={"help": "Weight of the student's cross-entropy loss."})
-    logit_chunk_size: int = field(default=1024, metadata={"help": "Tokens per chunk of the logit loss."})
+    logit_chunk_size: int | None = field(
+        default=None, metadata={"help": "Tokens per chunk of the logit loss (unset: sized to vocabulary and device)."}
+    )
+    logit_loss_backend: str = field(
+        default="auto",
+        metadata={"help": "auto, chunked, compiled or liger.", "choices": list(LOGIT_LOSS_BACKENDS)},
+    )
     log_student_ce: bool = field(default=True, metadata={"help": "Log the student's cross-entropy."})
     intermediate_layer_pairs: list[str] | None = field(
         default=None, metadata={"help": "teacher:student layer pairs, or 'auto'."}
@@ -100,6 +122,7 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
     intermediate_loss: str = field(default="cosine", metadata={"help": "cosine or mse."})
     embedding_loss: bool = field(default=False, metadata={"help": "Also match the embedding outputs."})
     intermediate_alpha: str = field(default="dynamic", metadata={"help": "'dynamic' or a fixed number."})
+    compile_layers: bool = field(default=False, metadata={"help": "torch.compile each decoder layer of both models."})
 
     def __post_init__(self):
         apply_device_defaults(self)
@@ -115,8 +138,12 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
             problems.append("kl_weight and ce_weight must be ≥ 0 and not both 0")
         if self.intermediate_loss not in INTERMEDIATE_LOSSES:
             problems.append(f"intermediate_loss '{self.intermediate_loss}' is not one of cosine, mse")
-        if self.logit_chunk_size < 1:
+        if self.logit_chunk_size is not None and self.logit_chunk_size < 1:
             problems.append("logit_chunk_size must be ≥ 1")
+        if self.logit_loss_backend not in LOGIT_LOSS_BACKENDS:
+            problems.append(
+                f"logit_loss_backend '{self.logit_loss_backend}' is not one of {', '.join(LOGIT_LOSS_BACKENDS)}"
+            )
         if isinstance(self.intermediate_layer_pairs, str):
             self.intermediate_layer_pairs = [p.strip() for p in self.intermediate_layer_pairs.split(",") if p.strip()]
         if self.intermediate_alpha != "dynamic":

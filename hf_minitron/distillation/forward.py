@@ -49,8 +49,9 @@ class StudentRequest:
     beta: float = 0.5
     kl_weight: float = 1.0
     ce_weight: float = 0.0
-    chunk_size: int = 1024
+    chunk_size: int | None = None  # None: sized to the vocabulary and device (losses.auto_chunk_size)
     track_ce: bool = False
+    backend: str = "auto"  # one of losses.LOGIT_LOSS_BACKENDS
     layer_pairs: tuple[tuple[int, int], ...] = ()  # (teacher layer, student layer); EMBEDDINGS for embeddings
     intermediate_loss: str = "cosine"
     alpha: float | None = None  # None: this micro-batch's L_logits / L_is
@@ -178,6 +179,7 @@ def _student_loss(model, request: StudentRequest, hidden, states, weight) -> Dis
         chunk_size=request.chunk_size,
         stats=stats,
         track_ce=request.track_ce,
+        backend=request.backend,
     )
     if not request.layer_pairs:
         return DistillationOutput(loss=logit_loss, logit_loss=logit_loss)

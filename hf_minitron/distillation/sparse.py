@@ -61,15 +61,22 @@ class SparseTeacher:
     logprobs: torch.Tensor
     tail: torch.Tensor
 
-    def divergence_and_grad(self, rows: slice, tempered_student: torch.Tensor, temperature, divergence, beta):
+    def divergence_and_grad(self, rows: slice, tempered_student, temperature, divergence, beta, with_grad=True):
+        ids, logprobs, tail = self.ids[rows], self.logprobs[rows], self.tail[rows]
+        if not with_grad:
+            log_q = F.log_softmax(tempered_student, dim=-1)
+            return _bucket_divergence(log_q, ids, logprobs, tail, divergence, beta), None
         logits = tempered_student.detach().requires_grad_()
         with torch.enable_grad():
             log_q = F.log_softmax(logits, dim=-1)
-            per_token = _bucket_divergence(
-                log_q, self.ids[rows], self.logprobs[rows], self.tail[rows], divergence, beta
-            )
+            per_token = _bucket_divergence(log_q, ids, logprobs, tail, divergence, beta)
             (grad,) = torch.autograd.grad(per_token.sum(), logits)
         return per_token.detach(), grad
+
+    def chunk_terms(self, rows, raw, weights, targets, settings, with_grad: bool, grad_dtype):
+        from .losses.chunked import eager_chunk_terms
+
+        return eager_chunk_terms(self, rows, raw, weights, targets, settings, with_grad)
 
 
 def sparse_logit_loss(

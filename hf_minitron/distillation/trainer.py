@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +21,9 @@ from .callbacks import LossComponentsCallback, NonFiniteLossCallback, TeacherGap
 from .config import DistillationConfig
 from .forward import PROJECTION, StudentRequest, TeacherRequest, attach_projection, enable_distillation_forward
 from .pairs import resolve_layer_pairs
+from .speed import apply_liger_layer_kernels, compile_decoder_layers, teacher_dtype
+
+logger = logging.getLogger(__name__)
 
 PROJECTION_FILE = "distillation_projection.safetensors"
 STATE_FILE = "distillation_state.json"  # the dynamic α and its running sums, so a resumed run continues exactly
@@ -92,6 +96,8 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         )
         base = _unwrap_peft(self.model)
         enable_distillation_forward(base)
+        if args.compile_layers:
+            compile_decoder_layers(base)
         if self.logit_cache:
             self._attach_cache_rows_or_clean_up(args.output_dir)
             self.teacher = None
@@ -108,6 +114,7 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         self._alpha: float | None = args.fixed_alpha
         self._alpha_step = -1
         self._step_sums = [0.0, 0.0]
+        self.logit_loss_backend: str | None = None  # the backend the first training step used
         for callback in (LossComponentsCallback(), NonFiniteLossCallback()):
             self.add_callback(callback)
         if crashpoints.active():
@@ -125,13 +132,17 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
                 "distillation trains the student to match a teacher's predictions",
                 "pass teacher_model=... or set teacher_model_name_or_path in the DistillationConfig",
             )
+        # Without an explicit dtype the teacher runs in the training's half precision (speed.teacher_dtype).
+        default = teacher_dtype(args)
         if teacher_model is None or isinstance(teacher_model, str):
             kwargs = dict(args.teacher_model_init_kwargs or {})
-            kwargs.setdefault("dtype", "float32")
+            kwargs.setdefault("dtype", str(default).removeprefix("torch."))
             teacher_model = load_model(teacher_model or args.teacher_model_name_or_path, **kwargs)
         elif (args.teacher_model_init_kwargs or {}).get("dtype") not in (None, "auto"):
             dtype = args.teacher_model_init_kwargs["dtype"]
             teacher_model = teacher_model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        elif default != torch.float32 and teacher_model.dtype == torch.float32:
+            teacher_model = teacher_model.to(default)
         return teacher_model
 
     @staticmethod
@@ -149,6 +160,10 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
     def _prepare_teacher(self, teacher, args):
         teacher.eval()
         teacher.requires_grad_(False)
+        if args.use_liger_kernel:  # the Trainer applies them to the student
+            apply_liger_layer_kernels(teacher, args.liger_kernel_config)
+        if args.compile_layers:
+            compile_decoder_layers(teacher)
         enable_distillation_forward(teacher)
         if self.is_deepspeed_enabled:
             from trl.models.utils import prepare_deepspeed
@@ -206,12 +221,20 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
             ce_weight=args.ce_weight,
             chunk_size=args.logit_chunk_size,
             track_ce=args.log_student_ce or args.ce_weight > 0,
+            backend=args.logit_loss_backend,
             layer_pairs=self.layer_pairs,
             intermediate_loss=args.intermediate_loss,
             alpha=self._current_alpha() if mode == "train" else self._alpha,
         )
         outputs = model(**forward_inputs, distillation=request)
         loss = outputs.loss
+        if mode == "train" and self.logit_loss_backend is None:
+            self.logit_loss_backend = request.stats.get("backend")
+            logger.warning(
+                "Distillation logit loss: backend '%s' (logit_loss_backend=%s)",
+                self.logit_loss_backend,
+                args.logit_loss_backend,
+            )
         # Like Trainer: num_items_in_batch counts every rank's tokens, and DDP averages gradients over ranks.
         if args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes

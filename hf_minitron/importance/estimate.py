@@ -17,15 +17,26 @@ from ..families import family_for, get_module
 from ..layers import decoder_layers
 from ..loading import describe_source
 from ..shapes import config_head_dim
-from .aggregation import SampleAccumulator, check_aggregation, reduce_sequence
+from .aggregation import (
+    FusedReductions,
+    SampleAccumulator,
+    accumulator_dtype,
+    check_aggregation,
+    reduce_sequence,
+    token_magnitudes,
+)
 from .depth import measure_block_accuracy, measure_block_lm_loss
 from .scores import ImportanceScores
 
 
 class _ActivationRecorder:
-    """Forward hooks that turn activations into per-sample scores as they stream by."""
+    """Forward hooks that turn activations into per-sample scores as they stream by.
 
-    def __init__(self, model, seq_aggregation: str):
+    Nothing in a hook waits for the device: scores and cosine sums stay there until the end. On CUDA
+    each hook's reduction is one compiled kernel (``aggregation.FusedReductions``).
+    """
+
+    def __init__(self, model, seq_aggregation: str, fused: bool = False):
         self.model = model
         self.family = family_for(model)
         self.seq_aggregation = seq_aggregation
@@ -34,14 +45,16 @@ class _ActivationRecorder:
         self.heads = [SampleAccumulator() for _ in layers]
         self.neurons = [SampleAccumulator() for _ in layers]
         self.channels = [[SampleAccumulator() for _ in self.family.channel_norms] for _ in layers]
-        self.cos_sum = torch.zeros(len(layers), dtype=torch.float64)
-        self.token_count = torch.zeros(len(layers), dtype=torch.float64)
+        self.cos_sums: list[torch.Tensor | None] = [None] * len(layers)
+        self.token_count = 0.0  # every layer sees every token
+        self.fused = FusedReductions() if fused else None
         self._mask: torch.Tensor | None = None
         self._masks_by_device: dict[torch.device, torch.Tensor] = {}
         self._handles = []
 
     def set_mask(self, mask: torch.Tensor) -> None:
         self._mask, self._masks_by_device = mask, {}
+        self.token_count += float(mask.sum())  # the batch's mask is still on the host: no device sync
 
     def _mask_on(self, device: torch.device) -> torch.Tensor:
         # Layers of a device_map-dispatched model live on different devices: one mask copy each.
@@ -49,8 +62,27 @@ class _ActivationRecorder:
             self._masks_by_device[device] = self._mask.to(device=device, dtype=torch.float32)
         return self._masks_by_device[device]
 
-    def _add(self, accumulator: SampleAccumulator, magnitudes: torch.Tensor) -> None:
-        accumulator.add(reduce_sequence(magnitudes, self._mask_on(magnitudes.device), self.seq_aggregation))
+    def _add(self, accumulator: SampleAccumulator, x: torch.Tensor, head_dim: int | None = None) -> None:
+        mask = self._mask_on(x.device)
+        if self.fused is not None:
+            sums = self.fused.magnitude_sums(x, mask, self.seq_aggregation, head_dim)
+            if sums is not None:
+                accumulator.add_sums(sums, x.shape[0])
+                return
+        accumulator.add(reduce_sequence(token_magnitudes(x, head_dim), mask, self.seq_aggregation))
+
+    def _add_cosine(self, index: int, before: torch.Tensor, after: torch.Tensor) -> None:
+        mask = self._mask_on(after.device)
+        total = self.fused.cosine_sum(before, after, mask) if self.fused is not None else None
+        if total is None:
+            total = (F.cosine_similarity(before.float(), after.float(), dim=-1) * mask).sum()
+        if self.cos_sums[index] is None:
+            self.cos_sums[index] = torch.zeros((), dtype=accumulator_dtype(total.device), device=total.device)
+        self.cos_sums[index] += total
+
+    def block_importance(self) -> torch.Tensor:
+        cos = torch.tensor([float(c) if c is not None else 0.0 for c in self.cos_sums], dtype=torch.float64)
+        return (1 - cos / max(self.token_count, 1.0)).float()
 
     def attach(self) -> _ActivationRecorder:
         family = self.family
@@ -71,21 +103,19 @@ class _ActivationRecorder:
 
     def _head_hook(self, index):
         def hook(module, args):
-            x = args[0]
-            per_head = x.float().unflatten(-1, (-1, self.head_dim)).norm(dim=-1)  # [b, s, heads]
-            self._add(self.heads[index], per_head)
+            self._add(self.heads[index], args[0], self.head_dim)  # L2 over head_dim: [b, s, heads]
 
         return hook
 
     def _neuron_hook(self, index):
         def hook(module, args):
-            self._add(self.neurons[index], args[0].float().abs())
+            self._add(self.neurons[index], args[0])
 
         return hook
 
     def _channel_hook(self, index, slot):
         def hook(module, args, output):
-            self._add(self.channels[index][slot], output.float().abs())
+            self._add(self.channels[index][slot], output)
 
         return hook
 
@@ -93,12 +123,15 @@ class _ActivationRecorder:
         def hook(module, args, kwargs, output):
             before = args[0] if args else kwargs["hidden_states"]
             after = output[0] if isinstance(output, tuple) else output
-            mask = self._mask_on(after.device)
-            cos = F.cosine_similarity(before.float(), after.float(), dim=-1)
-            self.cos_sum[index] += float((cos * mask).sum())
-            self.token_count[index] += float(mask.sum())
+            self._add_cosine(index, before, after)
 
         return hook
+
+
+def use_fused_reductions(device: torch.device) -> bool:
+    """Compiled hook reductions where the activations live on a CUDA device (compiling on the CPU costs
+    more than it saves for the models people prune there)."""
+    return device.type == "cuda"
 
 
 def _task_name(task) -> str:
@@ -169,9 +202,9 @@ def estimate_importance(
         )
     was_training = model.training
     model.eval()
-    recorder = _ActivationRecorder(model, seq_aggregation).attach()
     decoder = get_module(model, family_for(model).decoder)
     device = input_device(model)
+    recorder = _ActivationRecorder(model, seq_aggregation, fused=use_fused_reductions(device)).attach()
     batches = calibration_data.batches(batch_size)
     total = math.ceil(len(calibration_data) / batch_size)
     try:
@@ -196,7 +229,7 @@ def estimate_importance(
         heads=torch.stack([acc.result(batch_aggregation) for acc in recorder.heads]),
         neurons=torch.stack([acc.result(batch_aggregation) for acc in recorder.neurons]),
         channels_per_layer=channels,
-        block_importance=(1 - recorder.cos_sum / recorder.token_count.clamp_min(1)).float(),
+        block_importance=recorder.block_importance(),
         block_lm_loss=block_losses,
         base_lm_loss=base_loss,
         block_accuracy=block_accuracy,

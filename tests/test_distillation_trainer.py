@@ -234,6 +234,15 @@ def test_bad_input_is_refused_before_training(tmp_path):
         )
     with pytest.raises(MinitronError, match="jsd_beta"):
         config(tmp_path, divergence="jsd", jsd_beta=1.0)
+    # A student pruned from a model that was frozen (as every teacher is) is frozen too.
+    with pytest.raises(MinitronError, match="Every parameter of the student is frozen"):
+        DistillationTrainer(
+            model=width_student(teacher).requires_grad_(False),
+            teacher_model=teacher,
+            args=config(tmp_path),
+            train_dataset=dataset(),
+            processing_class=char_tokenizer(),
+        )
     assert not (tmp_path / "run").exists()
 
 

@@ -119,3 +119,25 @@ def test_downstream_selection_picks_the_inert_block(tmp_path):
     scores.save(tmp_path / "s")
     assert (tmp_path / "s" / "block_removal.png").read_bytes()[:4] == b"\x89PNG"
     assert ImportanceScores.load(tmp_path / "s").block_accuracy[2].tolist() == accuracy.tolist()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2-sliding"])
+def test_block_lm_loss_sweep_equals_the_loss_of_each_pruned_model(family):
+    import copy
+
+    from hf_minitron.evaluation.perplexity import mean_lm_loss
+    from hf_minitron.importance.depth import measure_block_lm_loss
+
+    if family == "qwen2-sliding":
+        types = ["full_attention", "sliding_attention"] * 3
+        model = tiny_model("qwen2", num_hidden_layers=6, use_sliding_window=True, sliding_window=8, layer_types=types)
+    else:
+        model = tiny_model(family, num_hidden_layers=6)
+    calibration = tiny_calibration(num_samples=5, padded=True)
+    base, losses = measure_block_lm_loss(model, calibration, [2, 4], batch_size=2, progress=False)
+    assert base == pytest.approx(mean_lm_loss(model, calibration, batch_size=2), rel=1e-5)
+    assert [len(losses[k]) for k in (2, 4)] == [5, 3]
+    for k, per_start in losses.items():
+        for start, loss in enumerate(per_start.tolist()):
+            pruned = prune_model(copy.deepcopy(model), PruningConfig(layers_to_drop=list(range(start, start + k))))
+            assert loss == pytest.approx(mean_lm_loss(pruned, calibration, batch_size=2), rel=1e-5), (k, start)

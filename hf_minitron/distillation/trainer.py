@@ -72,6 +72,12 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
         if model is None:
             raise MinitronError("No student model was given", fix="pass model=<student model or its path>")
         student = load_model(model, dtype="float32") if isinstance(model, str) else model
+        if peft_config is None and not any(p.requires_grad for p in student.parameters()):
+            raise MinitronError(
+                "Every parameter of the student is frozen (requires_grad=False)",
+                "a student pruned from a frozen model keeps it frozen, and this trainer freezes its teacher",
+                "call student.requires_grad_(True) before training it",
+            )
         self.logit_cache = self._open_cache(teacher_model, args)
         teacher = None if self.logit_cache else self._load_teacher(teacher_model, args)
         if processing_class is None:

@@ -36,16 +36,25 @@ def row_logprobs(
     ``score_mask[t+1]`` is set (sliding windows score only new tokens; multiple-choice scoring
     only the continuation). The LM head runs on scored positions only, in chunks.
     """
-    family = family_for(model)
     device = input_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    hidden = get_module(model, family.decoder)(
+    hidden = get_module(model, family_for(model).decoder)(
         input_ids=input_ids, attention_mask=attention_mask, use_cache=False
     ).last_hidden_state
+    return logprobs_from_hidden(model, hidden, input_ids, attention_mask, score_mask, chunk_size)
+
+
+@torch.no_grad()
+def logprobs_from_hidden(
+    model, hidden, input_ids, attention_mask, score_mask=None, chunk_size: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``row_logprobs`` from the decoder's final (normalised) hidden states."""
+    device = hidden.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     valid = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()
     if score_mask is not None:
         valid &= score_mask.to(device)[:, 1:].bool()
-    lm_head = get_module(model, family.lm_head)
+    lm_head = get_module(model, family_for(model).lm_head)
     out_device = lm_head.weight.device
     rows = torch.arange(valid.shape[0], device=device).unsqueeze(1).expand_as(valid)[valid].to(out_device)
     targets = input_ids[:, 1:][valid].to(out_device)

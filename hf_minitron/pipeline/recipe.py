@@ -44,6 +44,9 @@ class Evaluation:
     seq_len: int = 512
     max_tokens: int | None = 16384
     sample_prompts: list[str] = field(default_factory=list)
+    # True: each prompt is sent as a user turn through the tokenizer's chat template (when it has one);
+    # False: the model continues the prompt text as written (what a base model is for).
+    chat_prompts: bool = True
     max_new_tokens: int = 48
     throughput: bool = True
 

@@ -28,8 +28,8 @@ def stage_models(run: Run) -> list[tuple[str, str, str]]:
 
 
 @torch.no_grad()
-def sample_generation(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    if getattr(tokenizer, "chat_template", None):
+def sample_generation(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = True) -> str:
+    if chat and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
@@ -59,7 +59,7 @@ def evaluate(run: Run, folder: Path) -> dict:
         print(f"  {name} {label}: {_brief(results[f'{name} {label}'])}", file=sys.stderr)
     generations = {
         name: {
-            prompt: sample_generation(model, tokenizer, prompt, settings.max_new_tokens)
+            prompt: sample_generation(model, tokenizer, prompt, settings.max_new_tokens, settings.chat_prompts)
             for prompt in settings.sample_prompts
         }
         for name, model in finals.items()

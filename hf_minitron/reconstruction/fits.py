@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..families import family_for, get_module
+from ..layer_io import CalibrationBatch, run_layer
 from ..layers import decoder_layers
-from .layer_io import CalibrationBatch, run_layer
 from .least_squares import LeastSquares
 
 

@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 from ..data import CalibrationSet, build_calibration_set
 from ..errors import MinitronError
 from ..families import family_for
+from ..layer_io import record_calibration_batches, run_layer
 from ..layers import decoder_layers
 from ..pruning.prune import RECORD_KEY
 from .config import ReconstructionConfig
 from .fits import StudentWalk, fit_attention_output, fit_final_norm, fit_mlp_output
-from .layer_io import record_calibration_batches, run_layer
 
 DEFAULT_SAMPLES = 128  # when the calibration data is raw text and no num_samples is set
 WIDTHS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")

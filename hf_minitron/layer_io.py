@@ -1,7 +1,7 @@
 """Walking a decoder one layer at a time: what enters each layer, and what happens inside it.
 
-Reconstruction runs teacher and student layer by layer over the calibration batches, so it
-needs, for every batch, the input of layer 0 and the keyword arguments the decoder passes each
+Reconstruction (and the LM-loss sweep over dropped blocks of layers) runs a decoder layer by
+layer over the calibration batches, so it needs, for every batch, the input of layer 0 and the keyword arguments the decoder passes each
 layer (attention masks, which can differ per layer type; rotary position embeddings). Those are
 recorded by one pass of the decoder whose layers are swapped for pass-throughs: the embeddings,
 masks and rotary tables are computed by the model's own code, the layers themselves cost nothing.
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import CalibrationSet
-from ..evaluation.perplexity import input_device
-from ..families import family_for, get_module
-from ..layers import decoder_layers
+from .data import CalibrationSet
+from .evaluation.perplexity import input_device
+from .families import family_for, get_module
+from .layers import decoder_layers
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Walking a decoder one layer at a time: what enters each layer, and what happens inside it.
 
 Reconstruction (and the LM-loss sweep over dropped blocks of layers) runs a decoder layer by
-layer over the calibration batches, so it needs, for every batch, the input of layer 0 and the keyword arguments the decoder passes each
-layer (attention masks, which can differ per layer type; rotary position embeddings). Those are
-recorded by one pass of the decoder whose layers are swapped for pass-throughs: the embeddings,
-masks and rotary tables are computed by the model's own code, the layers themselves cost nothing.
+layer over the calibration batches, so it needs, for every batch, the input of layer 0 and the
+keyword arguments the decoder passes each layer (attention masks, which can differ per layer type;
+rotary position embeddings). Those are recorded by one pass of the decoder whose layers are
+swapped for pass-throughs: the embeddings, masks and rotary tables are computed by the model's
+own code, the layers themselves cost nothing.
 Inside a layer, forward hooks named by the family table capture the inputs of the attention
 output projection and of the MLP output projection, and the residual stream between the two.
 """

@@ -17,7 +17,7 @@ from hf_minitron.distillation.sparse import (
     sparse_logit_loss,
     topk_with_tail,
 )
-from hf_minitron.distillation_data.logit_cache import cache_teacher_logits
+from hf_minitron.distillation_data.logit_cache import TeacherLogitCache, cache_teacher_logits
 
 from helpers import VOCAB, char_tokenizer, save_tiny, tiny_model
 
@@ -217,3 +217,54 @@ def test_cli_cache_logits_then_distill(tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "run" / "student" / "config.json").is_file()
+
+
+def test_stored_buckets_sum_to_one_and_a_teacher_matches_its_own_cache(tmp_path):
+    """The tail is taken from the log-probabilities as stored (rounded to bf16), so the k + 1 buckets sum to
+    one and a teacher's divergence to its own cache is zero, not negative."""
+    tokenizer, teacher = char_tokenizer(), tiny_model(seed=0)
+    cache_teacher_logits(
+        teacher,
+        chat_data(),
+        tmp_path / "cache",
+        config(tmp_path),
+        tokenizer=tokenizer,
+        top_k=5,
+        values_dtype="bfloat16",
+        progress=False,
+    )
+    logits = torch.randn(50, VOCAB) * 3
+    _, logprobs, tail = topk_with_tail(logits, 5, stored_dtype=torch.bfloat16)
+    assert torch.equal(logprobs, logprobs.to(torch.bfloat16).float())
+    torch.testing.assert_close(logprobs.double().exp().sum(-1) + tail.double(), torch.ones(50, dtype=torch.float64))
+    cache = TeacherLogitCache(tmp_path / "cache")
+    cached, _ = cache.targets(list(range(len(chat_data()))))
+    sums = cached.logprobs.double().exp().sum(-1) + cached.tail.double()
+    torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-6, rtol=0)
+    assert cached.vocab_size == VOCAB
+    # The teacher itself, scored against these targets: the divergence is zero up to rounding, never below.
+    student_logits = torch.full((len(cached.ids), VOCAB), -30.0)
+    student_logits.scatter_(1, cached.ids.long(), cached.logprobs)
+    rest = (cached.tail / (VOCAB - 5)).clamp(min=1e-30).log()
+    student_logits = torch.where(student_logits == -30.0, rest.unsqueeze(1), student_logits)
+    hidden, weight = student_logits, torch.eye(VOCAB)
+    loss = plain_sparse_logit_loss(hidden, weight, cached, torch.full((len(hidden),), 1 / len(hidden)))
+    assert -1e-6 < float(loss) < 1e-4
+
+
+def test_padded_student_rows_never_count_against_a_cache(tmp_path):
+    tokenizer, teacher = char_tokenizer(), tiny_model(seed=0)
+    cache_teacher_logits(
+        teacher, chat_data(), tmp_path / "cache", config(tmp_path), tokenizer=tokenizer, top_k=8, progress=False
+    )
+    student = tiny_model(seed=5, vocab_size=VOCAB + 8, tie_word_embeddings=False)
+    losses = []
+    for padded_rows in (0.0, 50.0):  # huge logits on the padded rows would dominate any softmax they entered
+        model = copy.deepcopy(student)
+        with torch.no_grad():
+            model.lm_head.weight[VOCAB:] = padded_rows
+        args = config(tmp_path, teacher_logits_cache=str(tmp_path / "cache"))
+        trainer = DistillationTrainer(model=model, args=args, train_dataset=chat_data(), processing_class=tokenizer)
+        batch = next(iter(trainer.get_train_dataloader()))
+        losses.append(float(trainer.compute_loss(trainer.model, batch).detach()))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)

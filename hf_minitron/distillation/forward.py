@@ -157,10 +157,10 @@ def _student_loss(model, request: StudentRequest, hidden, states, weight) -> Dis
     scale = 1.0 / torch.as_tensor(request.num_items, dtype=torch.float32, device=hidden.device).clamp(min=1)
     token_weights = scale.expand(targets.shape[0])
     stats = request.stats
+    # Only the shared vocabulary counts: padded embedding rows beyond it never carry real tokens.
     if isinstance(teacher, SparseTeacher):  # cached top-k targets, already one row per scored token
-        source, student_weight = teacher, weight
+        source, student_weight = teacher, weight[: min(weight.shape[0], teacher.vocab_size or weight.shape[0])]
     else:
-        # Only the shared vocabulary counts: padded embedding rows beyond it never carry real tokens.
         vocab = min(weight.shape[0], teacher.head_weight.shape[0])
         teacher_hidden = teacher.hidden[:, :-1][mask.to(teacher.hidden.device)].to(hidden.device)
         source = DenseTeacher(teacher_hidden, teacher.head_weight[:vocab].to(hidden.device))

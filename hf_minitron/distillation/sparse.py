@@ -22,15 +22,21 @@ import torch.nn.functional as F
 LOG_FLOOR = -100.0
 
 
-def topk_with_tail(logits: torch.Tensor, k: int, temperature: float = 1.0):
-    """The top-k (ids int32 [n, k], log-probabilities fp32 [n, k]) and tail mass fp32 [n] of tempered logits."""
+def topk_with_tail(logits: torch.Tensor, k: int, temperature: float = 1.0, stored_dtype=torch.float32):
+    """The top-k (ids int32 [n, k], log-probabilities fp32 [n, k]) and tail mass fp32 [n] of tempered logits.
+
+    The log-probabilities are rounded to ``stored_dtype`` (what a cache keeps) before the tail is taken
+    from them, as ``1 - Σ exp`` computed as ``-expm1(logsumexp)``: the k + 1 buckets a student is compared
+    with then sum to one exactly as stored, and a teacher's divergence to its own cache is zero, never below.
+    """
     log_p = F.log_softmax(logits.float() / temperature, dim=-1)
     k = min(k, log_p.shape[-1])
     values, indices = log_p.topk(k, dim=-1)
+    values = values.to(stored_dtype).float()
     if k == log_p.shape[-1]:
         tail = torch.zeros(values.shape[0], dtype=torch.float32, device=values.device)
     else:
-        tail = (1 - values.exp().sum(-1)).clamp(min=0)
+        tail = (-torch.expm1(torch.logsumexp(values.double(), dim=-1))).clamp(min=0).float()
     return indices.to(torch.int32), values, tail
 
 
@@ -60,6 +66,7 @@ class SparseTeacher:
     ids: torch.Tensor
     logprobs: torch.Tensor
     tail: torch.Tensor
+    vocab_size: int | None = None  # the teacher's vocabulary: a student's padded rows beyond it never count
 
     def divergence_and_grad(self, rows: slice, tempered_student, temperature, divergence, beta, with_grad=True):
         ids, logprobs, tail = self.ids[rows], self.logprobs[rows], self.tail[rows]

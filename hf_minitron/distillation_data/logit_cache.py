@@ -120,7 +120,7 @@ def cache_teacher_logits(
                 scored = torch.tensor(labels[1:]) != -100  # position t predicts token t + 1
                 states = hidden[i, : len(ids) - 1][scored.to(device)]
                 parts = [
-                    topk_with_tail(head(states[c : c + 1024]), k, args.temperature)
+                    topk_with_tail(head(states[c : c + 1024]), k, args.temperature, VALUE_DTYPES[values_dtype])
                     for c in range(0, states.shape[0], 1024)
                 ]
                 buffer.add(parts, VALUE_DTYPES[values_dtype], k)
@@ -288,6 +288,9 @@ class TeacherLogitCache:
             tail.append(handle.get_slice("tail")[start:end])
             counts.append(end - start)
         teacher = SparseTeacher(
-            torch.cat(ids).to(device), torch.cat(logprobs).float().to(device), torch.cat(tail).to(device)
+            torch.cat(ids).to(device),
+            torch.cat(logprobs).float().to(device),
+            torch.cat(tail).to(device),
+            vocab_size=self.vocab_size,
         )
         return teacher, counts

@@ -293,7 +293,8 @@ def test_students_share_one_teacher_cache_over_token_blocks(tmp_path):
     assert record["teacher_cache"] == {"top_k": 8}
     cache = tmp_path / "run" / "checkpoints" / "distill" / "teacher-cache"
     index = json.loads((cache / "cache_index.json").read_text())
-    assert index["top_k"] == 8 and index["num_tokens"] > 0
+    # Only the rows the steps draw (2 steps × 2 rows of 16 tokens: 15 predictions each) went through the teacher.
+    assert index["top_k"] == 8 and index["num_tokens"] == 2 * 2 * 15
     for name in ("width", "depth"):
         assert record["students"][name]["steps"] == 2 and record["students"][name]["tokens"] == 2 * 2 * 16
     assert "ppl distilled" in result["table"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 from pathlib import Path
 
 from ..alignment.sft import AlignmentConfig, align_model
@@ -209,6 +210,7 @@ def distill(run: Run, folder: Path) -> dict:
     facts = {"data": run.describe_data(section), "students": {}}
     settings = _trainer_settings(section)
     if section.get("teacher_cache") is not None:
+        train = _rows_the_steps_use(train, settings)
         settings["teacher_logits_cache"] = str(_shared_teacher_cache(run, section, train, settings))
         facts["teacher_cache"] = dict(section["teacher_cache"])
     for name in run.recipe.students:
@@ -242,6 +244,18 @@ def distill(run: Run, folder: Path) -> dict:
         del trainer, student
     facts["settings"] = _public_settings(section)
     return facts
+
+
+def _rows_the_steps_use(train, settings: dict):
+    """With ``max_steps`` set, only as many rows as the steps draw, spread evenly over the data: the
+    teacher is then not run over rows no student would see (every student sees each row once)."""
+    from ..distillation import DistillationConfig
+
+    args = DistillationConfig(output_dir=tempfile.gettempdir(), **{**settings, "teacher_logits_cache": None})
+    rows = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if args.max_steps <= 0 or rows >= len(train):
+        return train
+    return train.select([index * len(train) // rows for index in range(rows)])
 
 
 def _shared_teacher_cache(run: Run, section: dict, train, settings: dict) -> Path:

@@ -6,7 +6,20 @@ import argparse
 import sys
 
 from ..errors import MinitronError
-from . import benchmark, demo, evaluate, generate_data, importance, prune, publish, quantize, run, search, training
+from . import (
+    benchmark,
+    cache_logits,
+    demo,
+    evaluate,
+    generate_data,
+    importance,
+    prune,
+    publish,
+    quantize,
+    run,
+    search,
+    training,
+)
 from .common import parse_with_config
 
 COMMANDS = {
@@ -19,6 +32,14 @@ COMMANDS = {
     "benchmark": benchmark,
     "search": search,
     "generate-data": generate_data,
+}
+
+
+# Trainer commands parse their own arguments with TRL's parser (every field of their config is a flag).
+RAW_COMMANDS = {
+    "distill": training.run_distill,
+    "correct-teacher": training.run_correct_teacher,
+    "cache-logits": cache_logits.run_cache_logits,
 }
 
 
@@ -36,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, commands = build_parser()
     try:
-        if argv and argv[0] in training.RAW_COMMANDS:
-            training.RAW_COMMANDS[argv[0]](argv[1:])
+        if argv and argv[0] in RAW_COMMANDS:
+            RAW_COMMANDS[argv[0]](argv[1:])
             return 0
         if argv and argv[0] in commands:
             args = parse_with_config(commands[argv[0]], argv[1:])

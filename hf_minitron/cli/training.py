@@ -167,12 +167,3 @@ def register(subparsers):
         )
         commands[name].add_argument("rest", nargs=argparse.REMAINDER)
     return commands
-
-
-def _run_cache_logits(argv: list[str]) -> None:
-    from .cache_logits import run_cache_logits
-
-    run_cache_logits(argv)
-
-
-RAW_COMMANDS = {"distill": run_distill, "correct-teacher": run_correct_teacher, "cache-logits": _run_cache_logits}

@@ -6,14 +6,12 @@ tuples of (completion text, new tokens, finish reason "stop" or "length").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..errors import MinitronError
 
-if TYPE_CHECKING:  # generate.py imports this module
-    from .generate import GenerationSettings
+# ``settings`` below is a generate.GenerationSettings (max_new_tokens, temperature, top_p, num_per_prompt,
+# seed); it is not imported here, since generate.py imports this module.
 
 
 class TransformersBackend:
@@ -24,7 +22,7 @@ class TransformersBackend:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @torch.no_grad()
-    def generate(self, texts: list[str], settings: GenerationSettings) -> list[list[tuple[str, int, str]]]:
+    def generate(self, texts: list[str], settings) -> list[list[tuple[str, int, str]]]:
         """For each prompt text, num_per_prompt (completion, new tokens, finish reason)."""
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
@@ -74,7 +72,7 @@ class VllmBackend:
         self.vllm, self.tokenizer = vllm, tokenizer
         self.engine = vllm.LLM(model=source, tokenizer=source)
 
-    def generate(self, texts, settings: GenerationSettings, seed: int = 0):
+    def generate(self, texts, settings, seed: int = 0):
         params = self.vllm.SamplingParams(
             n=settings.num_per_prompt,
             temperature=settings.temperature,

@@ -28,7 +28,7 @@ def quantize(run: Run, folder: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
     from ..evaluation.throughput import ThroughputSettings, benchmark_throughput
-    from .reporting import THROUGHPUT, score_model
+    from .evaluate import THROUGHPUT, score_model
 
     settings, evaluation = run.recipe.quantize, run.recipe.evaluate
     _, tokenizer = run.teacher()

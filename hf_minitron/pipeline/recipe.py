@@ -228,10 +228,10 @@ def _check_data_keys(section: str, values: dict) -> None:
 
 def parse_recipe(values: dict) -> Recipe:
     """A Recipe from a mapping (a parsed YAML file), every key checked."""
+    from ..alignment.sft import AlignmentConfig
     from ..distillation import DistillationConfig
     from ..distillation.teacher_correction import TeacherCorrectionConfig
     from ..distillation_data import GenerationSettings
-    from .stages import alignment_config_class
 
     if not isinstance(values, dict):
         raise MinitronError("A recipe must be a mapping of sections", fix="see recipes/ for examples")
@@ -278,7 +278,7 @@ def parse_recipe(values: dict) -> Recipe:
             values.get("teacher_correction"), "teacher_correction", TeacherCorrectionConfig
         ),
         generate_data=generate,
-        align=_config_section(values.get("align"), "align", alignment_config_class()),
+        align=_config_section(values.get("align"), "align", AlignmentConfig),
         evaluate=_dataclass_section(Evaluation, values.get("evaluate", {}), "evaluate"),
         quantize=_quantize_section(values.get("quantize")),
         card=_dataclass_section(Card, values.get("card", {}), "card"),

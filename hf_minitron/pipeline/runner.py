@@ -28,7 +28,7 @@ from ..errors import MinitronError
 from ..fingerprints import fingerprint
 from ..outputs import atomic_output_dir, claim_work_dir, prepare_work_dir, write_text_atomically
 from ..redaction import redact
-from . import quantized, records, reporting, stages
+from . import evaluate, quantized, records, reporting, stages
 from .recipe import Recipe, load_recipe
 
 RUN_FILE = "run.json"
@@ -55,7 +55,7 @@ ALL_STAGES = (
     Stage("generate_data", "generate-data", ("teacher_correction",), stages.generate_data, atomic=False),
     Stage("distill", "distill", ("prune", "generate_data"), stages.distill, trains=True),
     Stage("align", "align", ("distill", "generate_data"), stages.align, trains=True),
-    Stage("evaluate", "evaluate", ("prune", "distill", "align"), reporting.evaluate),
+    Stage("evaluate", "evaluate", ("prune", "distill", "align"), evaluate.evaluate),
     Stage("quantize", "quantize", ("distill", "align", "evaluate"), quantized.quantize),
     Stage(
         "model_card",

@@ -33,10 +33,6 @@ CPU_TOKENS_PER_SECOND = 100  # about what a 2-core CPU trains a SmolLM2-sized st
 CHECKPOINTS_FOLDER = "checkpoints"
 
 
-def alignment_config_class():
-    return AlignmentConfig
-
-
 class Run:
     """What stages share: the recipe, the run folder, and the teacher (loaded once, on first use)."""
 

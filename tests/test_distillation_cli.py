@@ -55,7 +55,7 @@ def test_distill_from_yaml_with_flag_override_and_resume(workspace, capsys):
     assert (workspace / "run" / "student" / "tokenizer.json").is_file()  # the teacher's tokenizer by default
     state = json.loads((workspace / "run" / "checkpoint-4" / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if "kl" in h and "eval_kl" not in h]
-    assert len(logged) == 4 and all(h["alpha"] > 0 for h in logged)
+    assert len(logged) == 4 and logged[0]["alpha"] == 0 and all(h["alpha"] > 0 for h in logged[1:])
     assert any("eval_lm_loss_gap" in h for h in state["log_history"])
     assert (workspace / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     lines = (workspace / "run" / "distillation_log.jsonl").read_text().splitlines()

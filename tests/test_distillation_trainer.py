@@ -67,8 +67,9 @@ def train(tmp_path, teacher, student, **overrides):
         dict(),
         dict(divergence="jsd", jsd_beta=0.3, ce_weight=0.5, temperature=2.0),
         dict(intermediate_layer_pairs=["auto"], intermediate_alpha="0.7", embedding_loss=True),
+        dict(intermediate_layer_pairs=["auto"], max_steps=3),
     ],
-    ids=["forward_kl", "jsd+ce", "intermediate-fixed-alpha"],
+    ids=["forward_kl", "jsd+ce", "intermediate-fixed-alpha", "intermediate-dynamic-alpha"],
 )
 def test_gradient_accumulation_equals_the_large_batch(tmp_path, settings):
     teacher = tiny_model("llama", seed=3)
@@ -160,7 +161,9 @@ def test_projection_trains_and_the_export_is_a_plain_model(tmp_path, input_ids):
     before = projection.weight.detach().clone()
     trainer.train()
     assert not torch.equal(projection.weight, before)  # it is in the optimizer
-    assert trainer.state.log_history[0]["alpha"] > 0 and "intermediate" in trainer.state.log_history[0]
+    # Dynamic α: nothing measured before the first step (logit loss alone), then L_logits / L_is.
+    first, second = trainer.state.log_history[:2]
+    assert first["alpha"] == 0 and second["alpha"] > 0 and "intermediate" in second
     trainer.export_student(tmp_path / "student")
     assert (tmp_path / "student" / "distillation_projection.safetensors").is_file()
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()

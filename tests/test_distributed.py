@@ -44,7 +44,7 @@ def run(args, processes=1, timeout=300):
     return result.stdout
 
 
-@pytest.mark.parametrize("losses", ["logits", "intermediate"])
+@pytest.mark.parametrize("losses", ["logits", "intermediate", "dynamic"])
 def test_ddp_with_two_processes_equals_one_process(tmp_path, losses):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     assert "DistributedType.NO" in run([SCRIPTS / "ddp_distill.py", one, losses])

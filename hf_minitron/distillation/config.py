@@ -78,7 +78,8 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
         model's final norm; a learned linear projection maps the student up to the teacher's width when they differ.
     embedding_loss (`bool`, defaults to `False`): also compare the embedding outputs.
     intermediate_alpha (`str`, defaults to `"dynamic"`): `dynamic` sets α = L_logits / L_intermediate (measured over
-        the previous optimizer step, a detached scale), or a number for a fixed α. Total: L_logits + α·L_is.
+        the previous optimizer step across all processes, a detached scale, capped at 100 and smoothed with
+        momentum 0.9; the first step uses the logit loss alone), or a number for a fixed α. Total: L_logits + α·L_is.
 
     > Speed (see also `use_liger_kernel`, `gradient_checkpointing` and `padding_free` / `packing`)
 

@@ -25,6 +25,10 @@ from .speed import apply_liger_layer_kernels, compile_decoder_layers, teacher_dt
 
 logger = logging.getLogger(__name__)
 
+# Dynamic α (intermediate-state losses): each step's measured L_logits / L_is is capped, then smoothed.
+ALPHA_CAP = 100.0
+ALPHA_MOMENTUM = 0.9
+
 PROJECTION_FILE = "distillation_projection.safetensors"
 STATE_FILE = "distillation_state.json"  # the dynamic α and its running sums, so a resumed run continues exactly
 
@@ -188,16 +192,28 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
     # -- loss ------------------------------------------------------------------------------------------------------
 
     def _current_alpha(self) -> float | None:
-        """α for this optimizer step: fixed, or L_logits / L_is over the previous step (one scale per step)."""
+        """α for this optimizer step: fixed, or measured as L_logits / L_is over the previous optimizer step.
+
+        The sums behind the measurement span every micro-batch of the step and every process (all-reduced),
+        so two processes, or accumulation, give exactly the α of one big batch. Each measurement is capped at
+        ``ALPHA_CAP`` (an intermediate loss near zero would otherwise blow α up) and smoothed with momentum
+        ``ALPHA_MOMENTUM``. The first step has nothing measured yet and trains on the logit loss alone.
+        """
         if self.args.fixed_alpha is not None or not self.layer_pairs:
             return self.args.fixed_alpha
         step = self.state.global_step
         if step != self._alpha_step:
-            logits_sum, intermediate_sum = self._step_sums
+            sums = torch.tensor(self._step_sums, dtype=torch.float64, device=self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            logits_sum, intermediate_sum = sums.tolist()
             if intermediate_sum > 0:
-                self._alpha = logits_sum / intermediate_sum
+                measured = min(logits_sum / intermediate_sum, ALPHA_CAP)
+                previous = self._alpha
+                smoothed = ALPHA_MOMENTUM * (previous or 0.0) + (1 - ALPHA_MOMENTUM) * measured
+                self._alpha = measured if previous is None else smoothed
             self._alpha_step, self._step_sums = step, [0.0, 0.0]
-        return self._alpha
+        return self._alpha if self._alpha is not None else 0.0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"

@@ -19,14 +19,14 @@ from helpers import char_tokenizer, tiny_model
 TEXTS = [("The quick brown fox jumps over the lazy dog. " * 3)[: 30 + 7 * i] for i in range(8)]
 
 
-def main(out: str, intermediate: bool) -> None:
+def main(out: str, losses: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     teacher = tiny_model("llama", seed=3)
     student = tiny_model("llama", seed=4, num_hidden_layers=2, hidden_size=36)
     args = DistillationConfig(
         output_dir=str(Path(out).parent / f"run-{world}"),
         per_device_train_batch_size=4 // world,
-        max_steps=2,
+        max_steps=3,
         optim="sgd",
         learning_rate=0.5,
         lr_scheduler_type="constant",
@@ -39,8 +39,8 @@ def main(out: str, intermediate: bool) -> None:
         gradient_checkpointing=False,
         seed=0,
         use_cpu=True,
-        intermediate_layer_pairs=["auto"] if intermediate else None,
-        intermediate_alpha="0.5",
+        intermediate_layer_pairs=["auto"] if losses != "logits" else None,
+        intermediate_alpha="dynamic" if losses == "dynamic" else "0.5",
     )
     trainer = DistillationTrainer(
         model=student,
@@ -62,4 +62,4 @@ def main(out: str, intermediate: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], intermediate=len(sys.argv) > 2 and sys.argv[2] == "intermediate")
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "logits")

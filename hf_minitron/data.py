@@ -64,6 +64,17 @@ def _text_of_row(row: dict, text_column: str | None, tokenizer=None) -> str:
 
 
 def _read_file(path: Path, text_column: str | None, tokenizer) -> Iterator[str]:
+    try:
+        yield from _read_file_rows(path, text_column, tokenizer)
+    except UnicodeDecodeError as error:
+        raise MinitronError(
+            f"'{path}' is not UTF-8 text",
+            f"byte {error.start} cannot be decoded ({error.reason}); binary files and other encodings are not read",
+            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or give a text file",
+        ) from error
+
+
+def _read_file_rows(path: Path, text_column: str | None, tokenizer) -> Iterator[str]:
     if path.suffix in (".txt", ".md"):
         # Paragraphs become documents, so unpacked calibration has natural sample boundaries.
         yield from path.read_text(encoding="utf-8").split("\n\n")
@@ -71,7 +82,7 @@ def _read_file(path: Path, text_column: str | None, tokenizer) -> Iterator[str]:
         with path.open(encoding="utf-8") as handle:
             first = handle.read(1)
             handle.seek(0)
-            rows = json.load(handle) if first == "[" else (json.loads(line) for line in handle if line.strip())
+            rows = _json(handle.read(), path, None) if first == "[" else _json_lines(handle, path)
             for row in rows:
                 yield row if isinstance(row, str) else _text_of_row(row, text_column, tokenizer)
     elif path.suffix == ".parquet":
@@ -84,6 +95,23 @@ def _read_file(path: Path, text_column: str | None, tokenizer) -> Iterator[str]:
             f"Cannot read '{path}' as text",
             f"supported file types are {', '.join(TEXT_SUFFIXES)}",
         )
+
+
+def _json_lines(handle, path: Path) -> Iterator:
+    for number, line in enumerate(handle, start=1):
+        if line.strip():
+            yield _json(line, path, number)
+
+
+def _json(text: str, path: Path, line: int | None):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {line}" if line else f"line {error.lineno}"
+        raise MinitronError(
+            f"'{path}' is not valid JSON{' Lines' if line else ''}: {where}: {error.msg}",
+            fix="fix that line, or give one JSON object per line (.jsonl)",
+        ) from error
 
 
 def iter_texts(

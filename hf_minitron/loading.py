@@ -105,8 +105,14 @@ def _parse_dtype(dtype):
         value = getattr(torch, str(dtype))
     except AttributeError:
         value = None
-    if not isinstance(value, torch.dtype):
-        raise MinitronError(f"Unknown dtype '{dtype}'", fix="use one of float32, bfloat16, float16 or auto")
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise MinitronError(
+            f"dtype '{dtype}' cannot hold a model's weights"
+            if isinstance(value, torch.dtype)
+            else f"Unknown dtype '{dtype}'",
+            "models load in a floating-point type (quantize a student afterwards with `hf-minitron quantize`)",
+            "use one of float32, bfloat16, float16 or auto",
+        )
     return value
 
 
@@ -127,26 +133,47 @@ def load_model(
 
     location, gguf = resolve_model_location(name_or_path, gguf_file)
     gguf_kwargs = {"gguf_file": gguf} if gguf else {}
+    local = Path(location).is_dir()
+    dtype = _parse_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **gguf_kwargs)
-    except OSError as error:
-        raise MinitronError(
-            f"Could not load the model '{name_or_path}'",
-            f"it is not a local folder and the Hub did not provide it ({error.__class__.__name__})",
-            "check the id, your network or login (private models), or pass a local folder",
-        ) from error
+    except Exception as error:
+        if isinstance(error, (ImportError, MinitronError)):
+            raise
+        if not local and isinstance(error, OSError):
+            raise MinitronError(
+                f"Could not load the model '{name_or_path}'",
+                f"it is not a local folder and the Hub did not provide it ({error.__class__.__name__})",
+                "check the id, your network or login (private models), or pass a local folder",
+            ) from error
+        raise _broken_folder(name_or_path, "config.json", error) from error
     family_for(config)  # fail before loading gigabytes of weights
-    dtype = _parse_dtype(dtype)
     if gguf and dtype == "auto":
         dtype = torch.float32  # GGUF dequantizes to float32; "auto" would read the quantized type
-    model = AutoModelForCausalLM.from_pretrained(
-        location, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, **gguf_kwargs, **kwargs
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, **gguf_kwargs, **kwargs
+        )
+    except Exception as error:
+        # Out of memory or a missing optional package is not the folder's fault: those pass through as they are.
+        if not local or isinstance(error, (MemoryError, torch.OutOfMemoryError, ImportError, MinitronError)):
+            raise
+        raise _broken_folder(name_or_path, "weights", error) from error
     mark_dequantized(model)
     model.config._name_or_path = describe_source(name_or_path)  # publishable: no local path
     model.minitron_source = name_or_path  # loadable: where the tokenizer and a fresh copy come from
     model.eval()
     return model
+
+
+def _broken_folder(name_or_path: str, part: str, error: Exception) -> MinitronError:
+    """A local model folder whose files cannot be read: say which part, and the reader's own complaint."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return MinitronError(
+        f"The model folder '{name_or_path}' is damaged: its {part} cannot be read",
+        f"{error.__class__.__name__}: {reason[:300]}",
+        "re-save or re-download the model (a copy cut short or edited by hand is the usual cause)",
+    )
 
 
 def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):

@@ -115,7 +115,28 @@ BAD_INPUTS = [
     (["--model", "GPT2", "--hidden-size", 36], "'gpt2' is not supported"),
     (["--config", "BADKEY"], "Unknown key"),
     (["--config", "BADCHOICE"], "the choices are mean, l2, var"),
+    (["--config", "BADYAML"], "is not valid YAML"),
+    (["--hidden-size", 36, "--data", "LATIN1"], "is not UTF-8 text"),
+    (["--hidden-size", 36, "--data", "BINARY"], "is not UTF-8 text"),
+    (["--hidden-size", 36, "--data", "BADJSONL"], "is not valid JSON Lines: line 2"),
+    (["--hidden-size", 36, "--dtype", "int8"], "dtype 'int8' cannot hold a model's weights"),
+    (["--hidden-size", 36, "--batch-size", 0], "batch_size must be a positive integer"),
+    (["--hidden-size", 36, "--num-samples", 0], r"num_samples \(0\) must be ≥ 1"),
+    (["--hidden-size", 36, "--reconstruction-damping", -1], "damping must be a number ≥ 0"),
+    (["--hidden-size", -3], "hidden_size must be a positive integer"),
+    (["--num-hidden-layers", 0], "num_hidden_layers must be a positive integer"),
+    (["--layers-to-drop", 0, 1, 2, 3], "removes all 4 layers"),
+    ([], "No pruning target was given"),
+    (["--pruning-config", "PRUNINGCONFIG", "--hidden-size", 36], "both set the targets"),
+    (["--model", "TRUNCATED", "--hidden-size", 36], "is damaged: its weights cannot be read"),
+    (["--model", "WRONGTYPE", "--hidden-size", 36], "is damaged: its config.json cannot be read"),
+    (["--model", "NOTJSON", "--hidden-size", 36], "is damaged: its config.json cannot be read"),
 ]
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
 
 
 @pytest.mark.parametrize("extra, message", BAD_INPUTS)
@@ -124,11 +145,31 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(workspace, capsys, extra,
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(workspace / "gpt2")
     (workspace / "badkey.yaml").write_text("hidden_size: 36\nhiden_size: 24\n")
     (workspace / "badchoice.yaml").write_text("hidden_size: 36\nbatch_agg: median\n")
+    (workspace / "badyaml.yaml").write_text("hidden_size: [36\n")
+    (workspace / "latin1.txt").write_bytes(("café au lait, " * 40).encode("latin-1"))
+    (workspace / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    (workspace / "bad.jsonl").write_text('{"text": "fine"}\n{"text": cut short\n')
+    (workspace / "pruning_config.json").write_text(json.dumps({"hidden_size": 24}))
+    damaged = {}
+    for name, damage in (
+        ("truncated", lambda folder: (folder / "model.safetensors").write_bytes(b"\x10" * 100)),
+        ("wrongtype", lambda folder: _edit_config(folder, num_hidden_layers="four")),
+        ("notjson", lambda folder: (folder / "config.json").write_text("{not json")),
+    ):
+        damaged[name.upper()] = workspace / name
+        save_tiny(workspace / name)
+        damage(workspace / name)
     substitutions = {
         "EMPTY": workspace / "empty.txt",
         "GPT2": workspace / "gpt2",
         "BADKEY": workspace / "badkey.yaml",
         "BADCHOICE": workspace / "badchoice.yaml",
+        "BADYAML": workspace / "badyaml.yaml",
+        "LATIN1": workspace / "latin1.txt",
+        "BINARY": workspace / "binary.txt",
+        "BADJSONL": workspace / "bad.jsonl",
+        "PRUNINGCONFIG": workspace / "pruning_config.json",
+        **damaged,
     }
     extra = [substitutions.get(a, a) for a in extra]
     args = [

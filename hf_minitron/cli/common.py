@@ -62,7 +62,12 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
         path = Path(config_path)
         if not path.is_file():
             raise MinitronError(f"Config file '{config_path}' does not exist", fix="check the path")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise MinitronError(
+                f"Config file '{config_path}' is not valid YAML", str(error).replace("\n", " ")
+            ) from error
         if not isinstance(values, dict):
             raise MinitronError(f"Config file '{config_path}' must hold a mapping of option: value")
         known = {action.dest: action for action in parser._actions}

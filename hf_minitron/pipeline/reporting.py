@@ -215,7 +215,9 @@ def summary(run: Run, records: dict) -> tuple[str, dict]:
     generations = json.loads((run.folder("evaluate") / "generations.json").read_text())
     speed = json.loads((run.folder("evaluate") / "throughput.json").read_text())
     labels = ["pruned", "distilled"] + (["aligned"] if run.recipe.align else [])
-    rows = [["model", "params", "w/o embeddings", *[f"ppl {label}" for label in labels], "prefill speed"]]
+    # The pruned students were re-fitted by least squares unless the recipe turned reconstruction off.
+    header = {"pruned": "ppl pruned + re-fit" if run.recipe.reconstruction else "ppl pruned"}
+    rows = [["model", "params", "w/o embeddings", *[header.get(lb, f"ppl {lb}") for lb in labels], "prefill speed"]]
 
     def ppl(key):
         entry = results.get(key, {}).get("perplexity")

@@ -209,9 +209,9 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
             logits_sum, intermediate_sum = sums.tolist()
             if intermediate_sum > 0:
                 measured = min(logits_sum / intermediate_sum, ALPHA_CAP)
-                previous = self._alpha
-                smoothed = ALPHA_MOMENTUM * (previous or 0.0) + (1 - ALPHA_MOMENTUM) * measured
-                self._alpha = measured if previous is None else smoothed
+                if self._alpha is not None:
+                    measured = ALPHA_MOMENTUM * self._alpha + (1 - ALPHA_MOMENTUM) * measured
+                self._alpha = measured
             self._alpha_step, self._step_sums = step, [0.0, 0.0]
         return self._alpha if self._alpha is not None else 0.0
 

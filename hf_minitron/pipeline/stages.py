@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import tempfile
 from pathlib import Path
 
 from ..alignment.sft import AlignmentConfig, align_model
@@ -206,8 +205,9 @@ def distill(run: Run, folder: Path) -> dict:
     facts = {"data": run.describe_data(section), "students": {}}
     settings = _trainer_settings(section)
     if section.get("teacher_cache") is not None:
-        train = _rows_the_steps_use(train, settings)
-        settings["teacher_logits_cache"] = str(_shared_teacher_cache(run, section, train, settings))
+        cache_args = DistillationConfig(output_dir=str(run.checkpoints("distill")), **settings)
+        train = _rows_the_steps_use(train, cache_args)
+        settings["teacher_logits_cache"] = str(_shared_teacher_cache(run, section, train, cache_args))
         facts["teacher_cache"] = dict(section["teacher_cache"])
     for name in run.recipe.students:
         output_dir = run.checkpoints("distill", name)
@@ -242,24 +242,20 @@ def distill(run: Run, folder: Path) -> dict:
     return facts
 
 
-def _rows_the_steps_use(train, settings: dict):
+def _rows_the_steps_use(train, args):
     """With ``max_steps`` set, only as many rows as the steps draw, spread evenly over the data: the
     teacher is then not run over rows no student would see (every student sees each row once)."""
-    from ..distillation import DistillationConfig
-
-    args = DistillationConfig(output_dir=tempfile.gettempdir(), **{**settings, "teacher_logits_cache": None})
     rows = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     if args.max_steps <= 0 or rows >= len(train):
         return train
     return train.select([index * len(train) // rows for index in range(rows)])
 
 
-def _shared_teacher_cache(run: Run, section: dict, train, settings: dict) -> Path:
+def _shared_teacher_cache(run: Run, section: dict, train, args) -> Path:
     """The teacher's top-k log-probabilities over the training rows, computed once for every student.
 
     Kept with the stage's checkpoints (cleared when its inputs change), so a resumed run reuses it.
     """
-    from ..distillation import DistillationConfig
     from ..distillation_data import cache_teacher_logits
     from ..distillation_data.logit_cache import INDEX_FILE
 
@@ -268,7 +264,6 @@ def _shared_teacher_cache(run: Run, section: dict, train, settings: dict) -> Pat
         return folder
     teacher, tokenizer = run.teacher()
     options = dict(section["teacher_cache"])
-    args = DistillationConfig(output_dir=str(run.checkpoints("distill")), **settings)
     print(
         f"  caching the teacher's top-{options.get('top_k', 64)} log-probabilities for every student", file=sys.stderr
     )

@@ -50,6 +50,14 @@ def config(tmp_path, **overrides):
     return DistillationConfig(**values)
 
 
+def write_cache(tmp_path, teacher, tokenizer, **options):
+    """The teacher's top-k cache of chat_data() in tmp_path/cache, under the test config."""
+    options = {"progress": False, **options}
+    return cache_teacher_logits(
+        teacher, chat_data(), tmp_path / "cache", config(tmp_path), tokenizer=tokenizer, **options
+    )
+
+
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
 @pytest.mark.parametrize("k", [VOCAB, 7])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -86,17 +94,8 @@ def test_small_k_is_close_for_a_peaked_teacher():
 
 def test_cache_trains_exactly_like_the_online_teacher(tmp_path):
     tokenizer, teacher = char_tokenizer(), tiny_model(seed=0)
-    index = cache_teacher_logits(
-        teacher,
-        chat_data(),
-        tmp_path / "cache",
-        config(tmp_path),
-        tokenizer=tokenizer,
-        top_k=VOCAB,
-        values_dtype="float32",
-        batch_size=4,
-        shard_tokens=30,
-        progress=False,
+    index = write_cache(
+        tmp_path, teacher, tokenizer, top_k=VOCAB, values_dtype="float32", batch_size=4, shard_tokens=30
     )
     assert index["num_rows"] == 6 and len(index["shards"]) > 1 and index["top_k"] == VOCAB
     assert index["bytes_per_token"] > VOCAB * 8  # int32 ids + fp32 values
@@ -125,9 +124,7 @@ def test_cache_trains_exactly_like_the_online_teacher(tmp_path):
 
 def test_fp16_top_k_cache_is_close(tmp_path):
     tokenizer, teacher = char_tokenizer(), tiny_model(seed=0)
-    cache_teacher_logits(
-        teacher, chat_data(), tmp_path / "cache", config(tmp_path), tokenizer=tokenizer, top_k=64, progress=False
-    )
+    write_cache(tmp_path, teacher, tokenizer, top_k=64)
     student = tiny_model(seed=5)
     losses = []
     for kwargs in ({"teacher_model": teacher}, {}):
@@ -142,16 +139,7 @@ def test_fp16_top_k_cache_is_close(tmp_path):
 
 def test_mismatches_are_refused_before_training(tmp_path):
     tokenizer, teacher = char_tokenizer(), tiny_model(seed=0)
-    cache_teacher_logits(
-        teacher,
-        chat_data(),
-        tmp_path / "cache",
-        config(tmp_path),
-        tokenizer=tokenizer,
-        top_k=8,
-        progress=False,
-        shard_tokens=30,
-    )
+    write_cache(tmp_path, teacher, tokenizer, top_k=8, shard_tokens=30)
     cached = config(tmp_path, teacher_logits_cache=str(tmp_path / "cache"))
 
     def trainer(data=None, args=cached, tok=tokenizer, **kwargs):
@@ -223,16 +211,7 @@ def test_stored_buckets_sum_to_one_and_a_teacher_matches_its_own_cache(tmp_path)
     """The tail is taken from the log-probabilities as stored (rounded to bf16), so the k + 1 buckets sum to
     one and a teacher's divergence to its own cache is zero, not negative."""
     tokenizer, teacher = char_tokenizer(), tiny_model(seed=0)
-    cache_teacher_logits(
-        teacher,
-        chat_data(),
-        tmp_path / "cache",
-        config(tmp_path),
-        tokenizer=tokenizer,
-        top_k=5,
-        values_dtype="bfloat16",
-        progress=False,
-    )
+    write_cache(tmp_path, teacher, tokenizer, top_k=5, values_dtype="bfloat16")
     logits = torch.randn(50, VOCAB) * 3
     _, logprobs, tail = topk_with_tail(logits, 5, stored_dtype=torch.bfloat16)
     assert torch.equal(logprobs, logprobs.to(torch.bfloat16).float())
@@ -254,9 +233,7 @@ def test_stored_buckets_sum_to_one_and_a_teacher_matches_its_own_cache(tmp_path)
 
 def test_padded_student_rows_never_count_against_a_cache(tmp_path):
     tokenizer, teacher = char_tokenizer(), tiny_model(seed=0)
-    cache_teacher_logits(
-        teacher, chat_data(), tmp_path / "cache", config(tmp_path), tokenizer=tokenizer, top_k=8, progress=False
-    )
+    write_cache(tmp_path, teacher, tokenizer, top_k=8)
     student = tiny_model(seed=5, vocab_size=VOCAB + 8, tie_word_embeddings=False)
     losses = []
     for padded_rows in (0.0, 50.0):  # huge logits on the padded rows would dominate any softmax they entered

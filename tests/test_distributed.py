@@ -1,9 +1,10 @@
-"""Real multi-process runs on CPU (gloo): DDP through the trainer, and FSDP2-sharded distillation.
+"""Real multi-process runs on CPU (gloo): DDP through the trainer, FSDP2-sharded distillation, and the
+save at the end of every training stage.
 
-accelerate enables FSDP and DeepSpeed ZeRO-3 only on GPUs, so the FSDP2 check shards teacher and
-student with torch's fully_shard directly, exactly as accelerate's FSDP2 plugin does with
+accelerate enables FSDP and DeepSpeed ZeRO-3 only on GPUs, so the FSDP2 checks shard the models
+with torch's fully_shard directly, exactly as accelerate's FSDP2 plugin does with
 recipes/accelerate/fsdp2.yaml (a unit per decoder layer plus the root, reshard after forward), and
-runs the distillation forward that the trainer runs.
+run the distillation forward that the trainer runs, or the exporter that every stage saves with.
 """
 
 import os
@@ -15,6 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from hf_minitron.distillation.trainer import PROJECTION_FILE
+from hf_minitron.outputs import read_marker
 
 SCRIPTS = Path(__file__).parent / "distributed"
 
@@ -61,3 +66,44 @@ def test_fsdp2_sharded_teacher_and_student_train_like_unsharded():
     after its forward had freed it)."""
     output = run([SCRIPTS / "fsdp_distill.py"], processes=2)
     assert "sharded steps match unsharded" in output
+
+
+STAGE_KINDS = {"distill": "distilled model", "align": "aligned model", "correct": "corrected teacher"}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_KINDS))
+def test_each_stage_saves_once_from_rank_0_and_two_processes_equal_one(tmp_path, stage):
+    """Distillation, alignment and teacher correction under two DDP processes: the folder is put in place
+    once, by rank 0, before the save returns on any process, and holds whole tensors equal to a
+    one-process run's with the same global batch."""
+    folders = {}
+    for processes in (1, 2):
+        folder, writes = tmp_path / f"{stage}-{processes}", tmp_path / f"writes-{processes}.log"
+        output = run([SCRIPTS / "stage_export.py", stage, folder, writes], processes=processes, timeout=180)
+        assert writes.read_text().splitlines() == [f"0 {folder.name}"]
+        for rank in range(processes):
+            assert f"rank {rank}: the saved folder holds this process's trained weights" in output
+        assert read_marker(folder)["kind"] == STAGE_KINDS[stage]
+        assert len(AutoTokenizer.from_pretrained(folder)) > 0
+        folders[processes] = folder
+    one, two = (load_file(str(folders[n] / "model.safetensors")) for n in (1, 2))
+    declared = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folders[2])).state_dict()
+    assert one.keys() == two.keys()
+    for name in one:
+        assert two[name].shape == one[name].shape == declared[name].shape, name
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    reloaded = AutoModelForCausalLM.from_pretrained(folders[2])
+    assert sorted(reloaded.state_dict()) == sorted(declared)
+    if stage == "distill":  # the width projection goes beside the model, never inside
+        assert not any("projection" in name for name in two)
+        beside = [load_file(str(folders[n] / PROJECTION_FILE))["weight"] for n in (1, 2)]
+        torch.testing.assert_close(beside[1], beside[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp2_sharded_model_exports_whole(tmp_path):
+    """The exporter gathers a fully_shard-ed model (every weight split over two processes) into one folder
+    equal to the unsharded model, written by rank 0 alone, the projection set aside beside it."""
+    writes = tmp_path / "writes.log"
+    output = run([SCRIPTS / "fsdp_export.py", tmp_path / "out", writes], processes=2, timeout=120)
+    assert "the gathered folder equals the unsharded weights" in output
+    assert writes.read_text().splitlines() == ["0 out"]

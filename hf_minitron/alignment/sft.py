@@ -17,7 +17,7 @@ from trl import SFTConfig
 from ..checkpoints import train_from
 from ..distillation.config import apply_device_defaults
 from ..errors import MinitronError
-from ..outputs import atomic_output_dir
+from ..exporting import export_trained_model
 from ..redaction import SecretsNotPickled
 
 
@@ -77,7 +77,10 @@ def align_model(
     resume_from_checkpoint: str | None = None,
 ) -> Path:
     """Fine-tune ``model`` on ``dataset`` with an SFTConfig ``args`` and save it (with tokenizer) atomically;
-    ``resume_from_checkpoint`` continues an interrupted run from one of its checkpoints."""
+    ``resume_from_checkpoint`` continues an interrupted run from one of its checkpoints.
+
+    Under ``accelerate launch`` call it on every process: the weights are gathered from all of them and
+    the main process writes the folder (``hf_minitron.exporting``)."""
     from trl import SFTTrainer
 
     if getattr(tokenizer, "chat_template", None) is None and not getattr(args, "chat_template_path", None):
@@ -89,8 +92,4 @@ def align_model(
     data = to_prompt_completion(dataset)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     train_from(trainer, resume_from_checkpoint)
-    model = trainer.model
-    with atomic_output_dir(output_dir, overwrite=overwrite, kind="aligned model") as staging:
-        model.save_pretrained(staging)
-        trainer.processing_class.save_pretrained(staging)
-    return Path(output_dir)
+    return export_trained_model(trainer, output_dir, overwrite=overwrite, kind="aligned model")

@@ -16,8 +16,8 @@ from trl import SFTConfig, SFTTrainer
 
 from ..checkpoints import train_from
 from ..errors import MinitronError
+from ..exporting import export_trained_model
 from ..loading import load_model
-from ..outputs import atomic_output_dir
 from ..redaction import SecretsNotPickled
 from .config import apply_device_defaults
 
@@ -58,7 +58,8 @@ def correct_teacher(
     """Fine-tune ``teacher`` (a model or its name) on ``train_dataset`` with the LM loss; save the corrected teacher.
 
     Returns the folder of the corrected teacher (``export_dir``, default ``<output_dir>/corrected-teacher``),
-    a plain transformers model with its tokenizer.
+    a plain transformers model with its tokenizer (LoRA adapters merged). Under ``accelerate launch`` call
+    it on every process: the weights are gathered from all of them and the main process writes.
     """
     model = load_model(teacher, dtype="float32") if isinstance(teacher, str) else teacher
     trainer = SFTTrainer(
@@ -71,12 +72,4 @@ def correct_teacher(
     )
     train_from(trainer, resume_from_checkpoint)
     export_dir = Path(export_dir or Path(args.output_dir) / "corrected-teacher")
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(trained, "merge_and_unload"):
-        trained = trained.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        with atomic_output_dir(export_dir, overwrite=overwrite, kind="corrected teacher") as staging:
-            trained.save_pretrained(staging)
-            if trainer.processing_class is not None:
-                trainer.processing_class.save_pretrained(staging)
-    return export_dir
+    return export_trained_model(trainer, export_dir, overwrite=overwrite, kind="corrected teacher")

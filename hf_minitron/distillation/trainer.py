@@ -15,6 +15,7 @@ from trl import SFTTrainer
 from .. import crashpoints
 from ..distillation_data.logit_cache import CACHE_ROW_COLUMN
 from ..errors import MinitronError
+from ..exporting import export_trained_model
 from ..loading import load_model, load_tokenizer
 from .cached_teacher import CachedTeacherMixin
 from .callbacks import LossComponentsCallback, NonFiniteLossCallback, TeacherGapCallback
@@ -335,41 +336,10 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
     def export_student(self, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the student as a plain transformers folder: LoRA adapters merged, no projection inside.
 
-        The projection (if any) goes beside it as ``distillation_projection.safetensors``. Call it on
-        every process: under FSDP the full weights are gathered collectively, then the main process writes.
+        The projection (if any) goes beside it as ``distillation_projection.safetensors``. Call it on every
+        process: sharded weights are gathered collectively, then the main process writes
+        (``hf_minitron.exporting``, shared with alignment and teacher correction).
         """
-        from ..outputs import atomic_output_dir
-
-        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
-        state_dict = self.accelerator.get_state_dict(self.model) if sharded else None
-        if not self.accelerator.is_main_process:
-            return Path(output_dir)
-        model = self.accelerator.unwrap_model(self.model)
-        if hasattr(model, "merge_and_unload"):
-            if sharded:
-                raise MinitronError(
-                    "Merging LoRA adapters of a sharded student is not supported",
-                    fix="save the adapters with trainer.save_model(), then merge them on one device",
-                )
-            model = model.merge_and_unload()
-        projection = getattr(model, PROJECTION, None)
-        key = f"{PROJECTION}.weight"
-        if state_dict is None:
-            state_dict = {k: v for k, v in model.state_dict().items()}
-        projection_weight = state_dict.pop(key, None)
-        if projection is not None:
-            delattr(model, PROJECTION)
-        try:
-            with atomic_output_dir(output_dir, overwrite=overwrite, kind="distilled model") as staging:
-                model.save_pretrained(staging, state_dict=state_dict)
-                if self.processing_class is not None:
-                    self.processing_class.save_pretrained(staging)
-                if projection_weight is not None:
-                    save_file(
-                        {"weight": projection_weight.detach().float().cpu().contiguous()},
-                        str(staging / PROJECTION_FILE),
-                    )
-        finally:
-            if projection is not None:
-                model.add_module(PROJECTION, projection)
-        return Path(output_dir)
+        return export_trained_model(
+            self, output_dir, overwrite=overwrite, kind="distilled model", set_aside={PROJECTION: PROJECTION_FILE}
+        )

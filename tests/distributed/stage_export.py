@@ -1,0 +1,114 @@
+"""Train a tiny model with one stage and save it the way the stage does; run with 1 process or under
+torchrun with 2 (gloo, CPU): ``stage_export.py STAGE OUT WRITES_LOG``.
+
+STAGE is ``distill`` (DistillationTrainer.export_student, with a width projection set aside),
+``align`` (alignment.align_model) or ``correct`` (teacher_correction.correct_teacher). The global batch
+is 4 either way (4 × 1 process or 2 × 2), so both runs must end with the same weights. Right after
+the save returns, every process checks that the folder is there and holds the weights it trained.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import datasets
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from transformers import AutoModelForCausalLM
+from writes import log_folder_writes
+
+from hf_minitron.alignment import AlignmentConfig, align_model
+from hf_minitron.distillation import DistillationConfig, DistillationTrainer
+from hf_minitron.distillation.teacher_correction import TeacherCorrectionConfig, correct_teacher
+
+from helpers import char_tokenizer, tiny_model
+
+TEXTS = [("The quick brown fox jumps over the lazy dog. " * 3)[: 30 + 7 * i] for i in range(8)]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def settings(out: Path, world: int) -> dict:
+    return dict(
+        output_dir=str(out.parent / f"run-{out.name}-{world}"),
+        per_device_train_batch_size=4 // world,
+        max_steps=2,
+        optim="sgd",
+        learning_rate=0.1,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        max_length=48,
+        gradient_checkpointing=False,
+        seed=0,
+        use_cpu=True,
+    )
+
+
+def distill(out: Path, world: int):
+    student = tiny_model("llama", seed=4, num_hidden_layers=2, hidden_size=36)
+    args = DistillationConfig(**settings(out, world), intermediate_layer_pairs=["auto"], intermediate_alpha="0.5")
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=tiny_model("llama", seed=3),
+        args=args,
+        processing_class=char_tokenizer(),
+        train_dataset=datasets.Dataset.from_dict({"text": TEXTS}),
+    )
+    trainer.train()
+    trainer.export_student(out)
+    return student
+
+
+def align(out: Path, world: int):
+    model = tiny_model("llama", seed=4).requires_grad_(True)
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    rows = {"prompt": [text[:20] for text in TEXTS], "completion": [text[20:] for text in TEXTS]}
+    args = AlignmentConfig(**settings(out, world))
+    align_model(model, tokenizer, datasets.Dataset.from_dict(rows), args, out)
+    return model
+
+
+def correct(out: Path, world: int):
+    teacher = tiny_model("llama", seed=3).requires_grad_(True)
+    args = TeacherCorrectionConfig(**settings(out, world), warmup_steps=0)
+    correct_teacher(
+        teacher,
+        datasets.Dataset.from_dict({"text": TEXTS}),
+        args,
+        processing_class=char_tokenizer(),
+        export_dir=out,
+    )
+    return teacher
+
+
+STAGES = {"distill": distill, "align": align, "correct": correct}
+
+
+def main(stage: str, out: str, writes: str) -> None:
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    out = Path(out)
+    log_folder_writes(Path(writes))
+    trained = STAGES[stage](out, world)
+    # No waiting here: the save itself must return only once the folder is in place on every process.
+    assert (out / "model.safetensors").is_file(), f"rank {rank}: the save returned before the folder existed"
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    mine = {name: tensor.detach() for name, tensor in trained.state_dict().items() if "projection" not in name}
+    for name, tensor in reloaded.state_dict().items():
+        torch.testing.assert_close(tensor, mine[name], rtol=0, atol=0, msg=name)
+    print(f"rank {rank}: the saved folder holds this process's trained weights", flush=True)
+    if world > 1:
+        torch.distributed.barrier()
+        # Every check is done: leave without interpreter teardown, where gloo's threads can abort the process.
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

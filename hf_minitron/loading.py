@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -195,3 +196,65 @@ def load_model_and_tokenizer(name_or_path: str, **kwargs):
 def builtin_teacher(dtype=torch.float32):
     """The built-in real teacher, SmolLM2-135M-Instruct (dequantized from its Q4_1 GGUF), and its tokenizer."""
     return load_model_and_tokenizer(DEFAULT_TEACHER, dtype=dtype)
+
+
+# -- the teacher ---------------------------------------------------------------------------------------------------
+
+
+def training_dtype(args) -> torch.dtype:
+    """The precision ``args`` train in: bf16 or fp16 when their ``bf16`` / ``fp16`` flag is set, else fp32."""
+    if getattr(args, "bf16", False):
+        return torch.bfloat16
+    if getattr(args, "fp16", False):
+        return torch.float16
+    return torch.float32
+
+
+def teacher_init_kwargs(init_kwargs) -> dict:
+    """``teacher_model_init_kwargs`` as a dict: command lines and YAML files may give it as a JSON string."""
+    if init_kwargs is None:
+        return {}
+    if isinstance(init_kwargs, str):
+        try:
+            init_kwargs = json.loads(init_kwargs)
+        except ValueError as error:
+            raise MinitronError(
+                f"teacher_model_init_kwargs is not valid JSON: {init_kwargs!r}",
+                fix='write it as a JSON object, e.g. \'{"dtype": "bfloat16"}\'',
+            ) from error
+    if not isinstance(init_kwargs, dict):
+        raise MinitronError(
+            f"teacher_model_init_kwargs must be a mapping, not {type(init_kwargs).__name__}",
+            fix='give keyword arguments for loading the teacher, e.g. {"dtype": "bfloat16"}',
+        )
+    return dict(init_kwargs)
+
+
+def teacher_dtype(training_args=None, init_kwargs=None):
+    """The dtype ``load_teacher`` gives the teacher: a ``torch.dtype``, or ``"auto"`` when asked for."""
+    asked = teacher_init_kwargs(init_kwargs).get("dtype")
+    return _parse_dtype(asked) if asked is not None else training_dtype(training_args)
+
+
+def load_teacher(teacher, training_args=None, *, init_kwargs=None):
+    """The teacher of a distillation, in the one precision every path runs it in.
+
+    The rule: **the teacher runs in the training precision** (bf16 or fp16 when ``training_args`` set
+    ``bf16`` / ``fp16``, else fp32) **unless** ``init_kwargs["dtype"]`` names another (``"auto"``: the
+    checkpoint's own dtype for a name, the dtype it already has for a model). Half-precision training
+    gets a half-precision teacher because autocast would run its matmuls there anyway, and it halves the
+    teacher's memory. Online distillation, the teacher-logit cache and teacher-generated data all load it
+    here, so a student trained from a cache sees the same teacher as one trained online with the same
+    arguments. Without training arguments (data generation) the training precision is fp32.
+
+    ``teacher`` is anything ``load_model`` accepts (loaded with the other ``init_kwargs``), or a model in
+    memory, which is converted in place when its dtype differs (``nn.Module.to`` does not copy).
+    """
+    kwargs = teacher_init_kwargs(init_kwargs)
+    dtype = teacher_dtype(training_args, kwargs)
+    if isinstance(teacher, (str, Path)):
+        kwargs["dtype"] = dtype
+        return load_model(str(teacher), **kwargs)
+    if dtype != "auto" and teacher.dtype != dtype:
+        teacher = teacher.to(dtype)
+    return teacher

@@ -14,6 +14,7 @@ from hf_minitron import MinitronError
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.distillation.forward import TeacherRequest, enable_distillation_forward
 from hf_minitron.distillation.speed import compile_decoder_layers
+from hf_minitron.loading import load_teacher
 
 from helpers import VOCAB, char_tokenizer, tiny_model
 
@@ -91,6 +92,14 @@ def test_the_teacher_runs_in_the_training_half_precision(tmp_path):
     )
     assert DistillationTrainer._load_teacher(tiny_model("llama"), explicit).dtype == torch.float32
     assert DistillationTrainer._load_teacher(tiny_model("llama"), config(tmp_path)).dtype == torch.float32
+
+
+def test_bad_teacher_loading_options_are_refused_with_a_fix():
+    with pytest.raises(MinitronError, match=r"not valid JSON.*Fix"):
+        load_teacher(tiny_model("llama"), init_kwargs="{dtype: bfloat16}")
+    with pytest.raises(MinitronError, match="cannot hold a model's weights"):
+        load_teacher(tiny_model("llama"), init_kwargs={"dtype": "int8"})
+    assert load_teacher(tiny_model("llama"), init_kwargs='{"dtype": "bfloat16"}').dtype == torch.bfloat16
 
 
 def test_compiled_decoder_layers_compute_the_same_outputs():

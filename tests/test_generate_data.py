@@ -4,6 +4,7 @@ import json
 
 import datasets
 import pytest
+import torch
 from trl import SFTConfig, SFTTrainer
 
 from hf_minitron import MinitronError
@@ -116,6 +117,30 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, monkeypatch):
         model, PROMPTS[:2], tmp_path / "cut", settings(), tokenizer=tokenizer, overwrite=True, progress=False
     )
     assert {r["prompt_index"] for r in rows(tmp_path / "cut")} == {0, 1}
+
+
+def test_the_teacher_generates_by_the_one_precision_rule(tmp_path, monkeypatch):
+    """No training arguments here: fp32 unless teacher_dtype names another, for a path as for a model."""
+    stored = tiny_model().to(torch.bfloat16)
+    stored.save_pretrained(tmp_path / "teacher")
+    char_tokenizer().save_pretrained(tmp_path / "teacher")
+    seen = []
+    real = backends.TransformersBackend.__init__
+
+    def recording(self, model, tokenizer):
+        seen.append(model.dtype)
+        real(self, model, tokenizer)
+
+    monkeypatch.setattr(backends.TransformersBackend, "__init__", recording)
+    for number, (teacher, dtype) in enumerate(
+        [(str(tmp_path / "teacher"), None), (str(tmp_path / "teacher"), "auto"), (tiny_model(), "bfloat16")]
+    ):
+        options = settings(max_new_tokens=2, num_per_prompt=1, teacher_dtype=dtype)
+        folder = tmp_path / f"out{number}"
+        generate_distillation_data(teacher, PROMPTS[:2], folder, options, tokenizer=char_tokenizer(), progress=False)
+    assert seen == [torch.float32, torch.bfloat16, torch.bfloat16]
+    with pytest.raises(MinitronError, match="teacher_dtype 'int8'"):
+        settings(teacher_dtype="int8").check()
 
 
 def test_duplicates_are_dropped(tmp_path):

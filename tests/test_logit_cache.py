@@ -18,6 +18,7 @@ from hf_minitron.distillation.sparse import (
     topk_with_tail,
 )
 from hf_minitron.distillation_data.logit_cache import TeacherLogitCache, cache_teacher_logits
+from hf_minitron.loading import load_model
 
 from helpers import VOCAB, char_tokenizer, save_tiny, tiny_model
 
@@ -120,6 +121,47 @@ def test_cache_trains_exactly_like_the_online_teacher(tmp_path):
         assert cached.state.log_history[0][key] == pytest.approx(online.state.log_history[0][key], rel=1e-5)
     for a, b in zip(online.model.parameters(), cached.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def save_teacher(folder, dtype) -> str:
+    teacher = tiny_model(seed=0).to(dtype)
+    teacher.save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("given_as", ["path", "model"])
+@pytest.mark.parametrize(
+    ("stored", "training", "init_kwargs", "expected"),
+    [
+        (torch.float32, {"bf16": True}, None, torch.bfloat16),
+        (torch.bfloat16, {}, None, torch.float32),
+        (torch.float32, {"bf16": True}, {"dtype": "float32"}, torch.float32),
+        (torch.bfloat16, {}, '{"dtype": "auto"}', torch.bfloat16),  # a JSON string, as a command line gives it
+    ],
+    ids=["bf16-training", "fp32-training", "explicit-dtype", "auto"],
+)
+def test_the_cache_and_the_online_trainer_run_the_teacher_in_one_precision(
+    tmp_path, given_as, stored, training, init_kwargs, expected
+):
+    """One rule for both paths: the training precision unless teacher_model_init_kwargs names a dtype ("auto":
+    the checkpoint's own, or a given model's), whatever the teacher was stored in."""
+    folder = save_teacher(tmp_path / "teacher", stored)
+
+    def teacher():
+        return folder if given_as == "path" else load_model(folder, dtype="auto")
+
+    args = config(tmp_path, use_cpu=True, teacher_model_init_kwargs=init_kwargs, **training)
+    index = cache_teacher_logits(teacher(), chat_data(), tmp_path / "cache", args, top_k=4, progress=False)
+    online = DistillationTrainer(
+        model=tiny_model(seed=5),
+        teacher_model=teacher(),
+        args=args,
+        train_dataset=chat_data(),
+        processing_class=char_tokenizer(),
+    )
+    assert online.teacher.dtype == expected
+    assert index["teacher_dtype"] == str(expected).removeprefix("torch.")
 
 
 def test_fp16_top_k_cache_is_close(tmp_path):

@@ -312,3 +312,24 @@ def test_bad_teacher_cache_settings_are_refused_before_anything_runs(tmp_path):
     values["align"]["teacher_cache"] = {"top_k": 8}
     with pytest.raises(MinitronError, match="belongs in the distill section"):
         parse_recipe(values)
+
+
+def test_a_stage_that_converts_the_teacher_leaves_later_stages_the_recipe_precision(tmp_path):
+    """Training stages run the shared teacher in their precision, converting it in place; the stages after
+    them (evaluation) get it in the recipe's precision again, and generated data defaults to distillation's."""
+    from hf_minitron.distillation import DistillationConfig
+    from hf_minitron.loading import load_teacher
+    from hf_minitron.pipeline.stages import Run, _distillation_teacher_dtype
+
+    values = make_inputs(tmp_path)
+    values["distill"].update(bf16=True, use_cpu=True)
+    run = Run(parse_recipe(values), tmp_path / "run")
+    teacher, _ = run.teacher()
+    assert run.teacher()[0] is teacher  # loaded once while nothing changed it
+    load_teacher(teacher, DistillationConfig(output_dir=str(tmp_path / "o"), bf16=True, use_cpu=True, report_to=[]))
+    assert teacher.dtype == torch.bfloat16
+    again, _ = run.teacher()
+    assert again is not teacher and again.dtype == torch.float32
+    assert _distillation_teacher_dtype(run) == "bfloat16"
+    values["distill"].update(bf16=False)
+    assert _distillation_teacher_dtype(Run(parse_recipe(values), tmp_path / "run")) == "float32"

@@ -11,14 +11,18 @@ from ..errors import MinitronError
 from ..loading import DEFAULT_TEACHER
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser, dtype_default: str | None = "auto") -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
         default=DEFAULT_TEACHER,
         help=f"Hub id, local folder, .gguf file or builtin:NAME (default: {DEFAULT_TEACHER})",
     )
-    group.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (default: auto)")
+    group.add_argument(
+        "--dtype",
+        default=dtype_default,
+        help=f"float32, bfloat16, float16 or auto (default: {dtype_default or 'float32'})",
+    )
     group.add_argument("--device-map", default=None, help="e.g. auto, cuda:0, cpu (default: load on CPU)")
     group.add_argument("--trust-remote-code", action="store_true", help="run model code from the Hub (off by default)")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..distillation_data import BUILTIN_PROMPTS, GenerationSettings, generate_distillation_data
 from ..distillation_data.generate import BACKENDS
-from ..loading import load_model_and_tokenizer
+from ..loading import load_teacher, load_tokenizer
 from .common import add_model_args, require
 
 
@@ -12,7 +12,7 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "generate-data", help="have the teacher write a distillation dataset (sequence-level KD)"
     )
-    add_model_args(parser)
+    add_model_args(parser, dtype_default=None)  # None: the teacher's precision rule (load_teacher), fp32
     group = parser.add_argument_group("prompts")
     group.add_argument("--prompts", default=BUILTIN_PROMPTS, help=f"HF dataset id, local file or {BUILTIN_PROMPTS}")
     group.add_argument("--prompt-column", default=None, help="column holding the prompts (default: guessed)")
@@ -58,13 +58,14 @@ def run(args) -> None:
         deduplicate=args.deduplicate,
         max_prompts=args.max_prompts,
         backend=args.backend,
+        teacher_dtype=args.dtype,
     )
     settings.check()
     teacher, tokenizer = args.model, None
     if settings.backend == "transformers":
-        teacher, tokenizer = load_model_and_tokenizer(
-            args.model, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code
-        )
+        options = dict(device_map=args.device_map, trust_remote_code=args.trust_remote_code)
+        teacher = load_teacher(args.model, init_kwargs={"dtype": args.dtype, **options} if args.dtype else options)
+        tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     result = generate_distillation_data(
         teacher,
         args.prompts,

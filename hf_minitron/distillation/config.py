@@ -39,8 +39,9 @@ class DistillationConfig(SecretsNotPickled, SFTConfig):
     teacher_model_name_or_path (`str`, *optional*): teacher to load when the trainer gets no `teacher_model`
         (Hub id, folder, `.gguf` file or `builtin:NAME`).
     teacher_model_init_kwargs (`dict` or `str`, *optional*): keyword arguments for loading the teacher, e.g.
-        `{"dtype": "bfloat16"}`; the teacher is frozen and kept in eval mode either way. Without a dtype there,
-        the teacher runs in bf16 (fp16) when training in bf16 (fp16), else in fp32.
+        `{"dtype": "bfloat16"}` (a JSON string on a command line); the teacher is frozen and kept in eval mode
+        either way. Without a dtype there, the teacher runs in bf16 (fp16) when training in bf16 (fp16), else
+        in fp32, online and when caching its logits alike (`hf_minitron.loading.load_teacher`).
     teacher_logits_cache (`str`, *optional*): a folder written by `hf-minitron cache-logits`; the student then
         trains on the teacher's cached top-k log-probabilities (with the tail mass) and no teacher is loaded.
         Rows are matched to the cache by fingerprint; packing, padding-free batches and intermediate-state

@@ -8,9 +8,6 @@
 - ``apply_liger_layer_kernels``: Liger-Kernel's RMSNorm, SwiGLU and RoPE Triton kernels for one model
   instance. Its fused linear cross-entropy is never applied: it replaces the model's forward, and
   the logit loss already avoids the logits it would save.
-- ``teacher_dtype``: the dtype the frozen teacher runs in when none is asked for: the training's
-  half precision (its matmuls would run there under autocast anyway, and it halves the teacher's
-  memory), else fp32.
 - ``cpu_runs_bf16_fast``: whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX),
   where ``bf16=True`` (autocast; the weights and optimizer stay fp32) trains faster than fp32: 1.35×
   for the demo's SmolLM2 student on 2 cores, same held-out perplexity after 16 steps (24.75 vs 24.69).
@@ -20,8 +17,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
 
 from ..layers import decoder_layers
 
@@ -43,15 +38,6 @@ def apply_liger_layer_kernels(model, config: dict | None = None) -> None:
     settings = {**(config or {}), "fused_linear_cross_entropy": False, "cross_entropy": False}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     _apply_liger_kernel_to_instance(model=base, **settings)
-
-
-def teacher_dtype(args) -> torch.dtype:
-    """bf16 / fp16 when training in it, else fp32."""
-    if getattr(args, "bf16", False):
-        return torch.bfloat16
-    if getattr(args, "fp16", False):
-        return torch.float16
-    return torch.float32
 
 
 def cpu_runs_bf16_fast() -> bool:

@@ -16,13 +16,13 @@ from .. import crashpoints
 from ..distillation_data.logit_cache import CACHE_ROW_COLUMN
 from ..errors import MinitronError
 from ..exporting import export_trained_model
-from ..loading import load_model, load_tokenizer
+from ..loading import load_model, load_teacher, load_tokenizer
 from .cached_teacher import CachedTeacherMixin
 from .callbacks import LossComponentsCallback, NonFiniteLossCallback, TeacherGapCallback
 from .config import DistillationConfig
 from .forward import PROJECTION, StudentRequest, TeacherRequest, attach_projection, enable_distillation_forward
 from .pairs import resolve_layer_pairs
-from .speed import apply_liger_layer_kernels, compile_decoder_layers, teacher_dtype
+from .speed import apply_liger_layer_kernels, compile_decoder_layers
 
 logger = logging.getLogger(__name__)
 
@@ -143,18 +143,10 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
                 "distillation trains the student to match a teacher's predictions",
                 "pass teacher_model=... or set teacher_model_name_or_path in the DistillationConfig",
             )
-        # Without an explicit dtype the teacher runs in the training's half precision (speed.teacher_dtype).
-        default = teacher_dtype(args)
-        if teacher_model is None or isinstance(teacher_model, str):
-            kwargs = dict(args.teacher_model_init_kwargs or {})
-            kwargs.setdefault("dtype", str(default).removeprefix("torch."))
-            teacher_model = load_model(teacher_model or args.teacher_model_name_or_path, **kwargs)
-        elif (args.teacher_model_init_kwargs or {}).get("dtype") not in (None, "auto"):
-            dtype = args.teacher_model_init_kwargs["dtype"]
-            teacher_model = teacher_model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-        elif default != torch.float32 and teacher_model.dtype == torch.float32:
-            teacher_model = teacher_model.to(default)
-        return teacher_model
+        # The same loader (and so the same precision) as the teacher-logit cache: see loading.load_teacher.
+        return load_teacher(
+            teacher_model or args.teacher_model_name_or_path, args, init_kwargs=args.teacher_model_init_kwargs
+        )
 
     @staticmethod
     def _check_vocab(student_vocab: int, teacher_vocab: int, tokenizer) -> None:

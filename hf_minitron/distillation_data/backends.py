@@ -60,7 +60,7 @@ class TransformersBackend:
 class VllmBackend:
     """vLLM on a GPU: continuous batching and paged attention for large generation runs."""
 
-    def __init__(self, source: str, tokenizer):
+    def __init__(self, source: str, tokenizer, dtype: str = "float32"):
         try:
             import vllm
         except ImportError as error:
@@ -70,7 +70,7 @@ class VllmBackend:
         if not torch.cuda.is_available():
             raise MinitronError("The vllm backend needs a GPU", fix="use backend 'transformers' on this machine")
         self.vllm, self.tokenizer = vllm, tokenizer
-        self.engine = vllm.LLM(model=source, tokenizer=source)
+        self.engine = vllm.LLM(model=source, tokenizer=source, dtype=dtype)  # the teacher's precision rule
 
     def generate(self, texts, settings, seed: int = 0):
         params = self.vllm.SamplingParams(

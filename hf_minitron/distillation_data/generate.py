@@ -28,7 +28,7 @@ import torch
 
 from ..errors import MinitronError
 from ..fingerprints import fingerprint
-from ..loading import describe_source, load_model_and_tokenizer, load_tokenizer
+from ..loading import describe_source, load_teacher, load_tokenizer, teacher_dtype
 from ..locking import output_lock
 from ..outputs import has_contents, prepare_work_dir, remove_if_unused, write_text_atomically
 from .backends import TransformersBackend, VllmBackend
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 RECORD_FILE = "generation.json"
 DATA_KIND = "generated distillation data"
 BACKENDS = ("transformers", "vllm")
+TEACHER_DTYPES = (None, "float32", "bfloat16", "float16", "auto")
 
 
 @dataclass
@@ -58,6 +59,10 @@ class GenerationSettings:
     deduplicate: bool = True
     max_prompts: int | None = None
     backend: str = "transformers"
+    # The teacher's precision. Generation has no training arguments, so by the rule of loading.load_teacher
+    # it runs in fp32 unless this names another dtype ("bfloat16" to write in the precision a bf16
+    # distillation runs the teacher in; "auto" keeps a checkpoint's own dtype or a given model's).
+    teacher_dtype: str | None = None
 
     def check(self) -> None:
         problems = []
@@ -69,6 +74,8 @@ class GenerationSettings:
             problems.append("greedy decoding (temperature 0) gives the same answer every time: use num_per_prompt 1")
         if self.backend not in BACKENDS:
             problems.append(f"backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            problems.append(f"teacher_dtype '{self.teacher_dtype}' is not one of {', '.join(TEACHER_DTYPES[1:])}")
         if problems:
             raise MinitronError("Invalid generation settings: " + "; ".join(problems))
 
@@ -81,6 +88,10 @@ class GenerationResult:
     duplicates_dropped: int
     seconds: float
     record: dict = field(default_factory=dict)
+
+
+def _model_source(model) -> str:
+    return getattr(model, "minitron_source", None) or model.config._name_or_path
 
 
 def _normalised(text: str) -> str:
@@ -153,7 +164,10 @@ def generate_distillation_data(
 ) -> GenerationResult:
     """Have ``teacher`` (a model, or anything ``load_model`` accepts) answer ``prompts`` and write the
     answers as a sharded dataset folder. Rerunning with the same teacher, prompts and settings resumes
-    an interrupted run; anything else in an existing folder is refused unless ``overwrite``."""
+    an interrupted run; anything else in an existing folder is refused unless ``overwrite``.
+
+    The teacher writes in ``settings.teacher_dtype``, fp32 when unset (``hf_minitron.loading.load_teacher``);
+    a model passed in memory is converted to it in place."""
     made = not Path(output_dir).exists()
     with output_lock(output_dir):  # one writer at a time: a second run into the folder is refused at once
         try:
@@ -168,11 +182,7 @@ def _generate(teacher, prompts, output_dir, settings, tokenizer, prompt_column, 
     settings = settings or GenerationSettings()
     settings.check()
     prompt_list = load_prompts(prompts, column=prompt_column, max_prompts=settings.max_prompts)
-    teacher_name = (
-        describe_source(teacher)
-        if isinstance(teacher, str)
-        else describe_source(getattr(teacher, "minitron_source", None) or teacher.config._name_or_path)
-    )
+    teacher_name = describe_source(teacher if isinstance(teacher, str) else _model_source(teacher))
     output = Path(output_dir)
     inputs = {
         "teacher": teacher_name,
@@ -180,16 +190,18 @@ def _generate(teacher, prompts, output_dir, settings, tokenizer, prompt_column, 
         "settings": asdict(settings),
     }
     done_shards = _existing_run(output, inputs, overwrite)
+    # One precision rule for every teacher (loading.load_teacher): no training arguments here, so fp32
+    # unless settings.teacher_dtype asks for another.
+    init_kwargs = {"dtype": settings.teacher_dtype} if settings.teacher_dtype else {}
     if settings.backend == "vllm":
         if not isinstance(teacher, str):
             raise MinitronError("The vllm backend loads the teacher itself", fix="pass the teacher as a path or Hub id")
         tokenizer = tokenizer or load_tokenizer(teacher)
-        backend = VllmBackend(teacher, tokenizer)
+        backend = VllmBackend(teacher, tokenizer, dtype=str(teacher_dtype(None, init_kwargs)).removeprefix("torch."))
     else:
-        if isinstance(teacher, str):
-            teacher, tokenizer = load_model_and_tokenizer(teacher, dtype="auto")
-        elif tokenizer is None:
-            tokenizer = load_tokenizer(getattr(teacher, "minitron_source", None) or teacher.config._name_or_path)
+        if tokenizer is None:
+            tokenizer = load_tokenizer(teacher if isinstance(teacher, str) else _model_source(teacher))
+        teacher = load_teacher(teacher, init_kwargs=init_kwargs)
         backend = TransformersBackend(teacher, tokenizer)
     chat = settings.use_chat_template
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat

@@ -2,8 +2,9 @@
 
 Folder layout::
 
-    CACHE/cache_index.json             format, teacher, tokenizer and settings fingerprints, k, temperature,
-                                       one fingerprint per cached row (its token ids and scored positions)
+    CACHE/cache_index.json             format, teacher and the dtype it ran in, tokenizer and settings
+                                       fingerprints, k, temperature, one fingerprint per cached row (its
+                                       token ids and scored positions)
     CACHE/logits-00000.safetensors     ids [T, k] int32, logprobs [T, k], tail [T] fp32, row_offsets [R + 1]
 
 Rows are tokenized exactly as the DistillationTrainer tokenizes them (TRL's own dataset
@@ -77,24 +78,31 @@ def cache_teacher_logits(
     progress: bool = True,
 ) -> dict:
     """Run ``teacher`` over ``dataset`` (tokenized under the DistillationConfig ``args``) and store its
-    top-k log-probabilities at ``args.temperature`` for every scored token. Returns the index."""
+    top-k log-probabilities at ``args.temperature`` for every scored token. Returns the index.
+
+    The teacher runs in the precision online distillation under the same ``args`` would give it
+    (``hf_minitron.loading.load_teacher``); a model passed in memory is converted in place."""
     from ..distillation.sparse import topk_with_tail
-    from ..loading import load_model_and_tokenizer, load_tokenizer
+    from ..loading import load_teacher, load_tokenizer, teacher_init_kwargs
 
     if values_dtype not in VALUE_DTYPES:
         raise MinitronError(f"values_dtype '{values_dtype}' is not one of {', '.join(VALUE_DTYPES)}")
     if top_k < 1:
         raise MinitronError(f"top_k={top_k} must be ≥ 1")
     check_cache_settings(args)
+    init_kwargs = teacher_init_kwargs(args.teacher_model_init_kwargs)
     if isinstance(teacher, str):
         teacher_name = describe_source(teacher)
-        teacher, loaded_tokenizer = load_model_and_tokenizer(teacher, **(args.teacher_model_init_kwargs or {}))
-        tokenizer = tokenizer or loaded_tokenizer
+        if tokenizer is None:
+            options = {k: init_kwargs[k] for k in ("gguf_file", "trust_remote_code") if k in init_kwargs}
+            tokenizer = load_tokenizer(teacher, **options)
     else:
         source = getattr(teacher, "minitron_source", None) or teacher.config._name_or_path
         teacher_name = describe_source(source) if source else "in-memory model"
         tokenizer = tokenizer or load_tokenizer(source)
     check_output_dir(output_dir, overwrite)
+    # The precision the online trainer would run this teacher in under the same args (one rule, one loader).
+    teacher = load_teacher(teacher, args, init_kwargs=init_kwargs)
     teacher.eval()
     rows = prepare_training_rows(dataset, tokenizer, args, teacher)
     vocab = teacher.get_output_embeddings().weight.shape[0]
@@ -146,6 +154,7 @@ def cache_teacher_logits(
         index = {
             "format": FORMAT,
             "teacher": teacher_name,
+            "teacher_dtype": str(teacher.dtype).removeprefix("torch."),
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
             "vocab_size": vocab,
             "top_k": k,

@@ -54,11 +54,14 @@ class Run:
 
     def teacher(self):
         source = self.teacher_source()
-        if self._teacher is None or self._teacher[0] != source:
+        # A training stage runs the teacher in its training precision, converting it in place
+        # (loading.load_teacher); the stages after it get the teacher as the recipe loads it, afresh, since
+        # converting back would not restore the precision lost.
+        if self._teacher is None or self._teacher[0] != source or self._teacher[1].dtype != self._teacher[3]:
             model, tokenizer = load_model_and_tokenizer(
                 source, dtype=self.recipe.model_dtype, device_map=self.recipe.device_map
             )
-            self._teacher = (source, model, tokenizer)
+            self._teacher = (source, model, tokenizer, model.dtype)
         return self._teacher[1], self._teacher[2]
 
     def calibration_set(self) -> CalibrationSet:
@@ -187,11 +190,21 @@ def generate_data(run: Run, folder: Path) -> dict:
     section = dict(run.recipe.generate_data)
     prompts = section.pop("prompts", "builtin:seed-prompts")
     column = section.pop("prompt_column", None)
+    # Unless the section says otherwise, the teacher writes in the precision the distill stage runs it in.
+    section.setdefault("teacher_dtype", _distillation_teacher_dtype(run))
     teacher, tokenizer = run.teacher()
     result = generate_distillation_data(
         teacher, prompts, folder, GenerationSettings(**section), tokenizer=tokenizer, prompt_column=column
     )
     return {"rows": result.rows, "tokens": result.tokens, "prompts": result.record["prompts"]["source"]}
+
+
+def _distillation_teacher_dtype(run: Run) -> str:
+    from ..distillation import DistillationConfig
+    from ..loading import teacher_dtype
+
+    args = DistillationConfig(output_dir=str(run.checkpoints("distill")), **_trainer_settings(run.recipe.distill))
+    return str(teacher_dtype(args, args.teacher_model_init_kwargs)).removeprefix("torch.")
 
 
 def distill(run: Run, folder: Path) -> dict:

@@ -102,8 +102,11 @@ def test_each_stage_saves_once_from_rank_0_and_two_processes_equal_one(tmp_path,
 
 def test_fsdp2_sharded_model_exports_whole(tmp_path):
     """The exporter gathers a fully_shard-ed model (every weight split over two processes) into one folder
-    equal to the unsharded model, written by rank 0 alone, the projection set aside beside it."""
+    equal to the unsharded model, written by rank 0 alone, the projection set aside beside it; when rank 0
+    cannot write, both processes raise instead of one waiting for the other."""
     writes = tmp_path / "writes.log"
     output = run([SCRIPTS / "fsdp_export.py", tmp_path / "out", writes], processes=2, timeout=120)
     assert "the gathered folder equals the unsharded weights" in output
     assert writes.read_text().splitlines() == ["0 out"]
+    assert "rank 0: refused: Output folder" in output and "holds files hf_minitron did not make" in output
+    assert "rank 1: refused: The main process could not write" in output

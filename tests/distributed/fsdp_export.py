@@ -3,7 +3,8 @@ recipes/accelerate/fsdp2.yaml shards it (one unit per decoder layer plus the roo
 projection attached as in distillation: ``fsdp_export.py OUT WRITES_LOG``.
 
 Each process holds half of every weight; the exported folder must hold the whole model, equal to an
-unsharded copy, with the projection set aside in its own file.
+unsharded copy, with the projection set aside in its own file. Then an export the main process must
+refuse: every process raises, none waits for the others forever.
 """
 
 import copy
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import AutoModelForCausalLM
 from writes import log_folder_writes
 
+from hf_minitron import MinitronError
 from hf_minitron.distillation.forward import PROJECTION, attach_projection
 from hf_minitron.distillation.trainer import PROJECTION_FILE
 from hf_minitron.exporting import export_model
@@ -64,6 +66,20 @@ def main(out: str, writes: str) -> None:
         print(f"rank 0: the gathered folder equals the unsharded weights ({len(expected)} tensors)", flush=True)
     # The sharded model is still whole for training to go on: its projection is back in place.
     assert hasattr(student, PROJECTION)
+
+    # A write the main process refuses (a folder of someone else's files) fails on every process, at once.
+    foreign = out.parent / "foreign"
+    if rank == 0:
+        foreign.mkdir()
+        (foreign / "notes.txt").write_text("not made by hf_minitron")
+    dist.barrier()
+    try:
+        export_model(student, foreign, tokenizer=char_tokenizer(), set_aside={PROJECTION: PROJECTION_FILE})
+    except MinitronError as error:
+        print(f"rank {rank}: refused: {error}", flush=True)
+    else:
+        raise AssertionError(f"rank {rank}: the refused export returned")
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     dist.barrier()
     # Every check is done: leave without interpreter teardown, where gloo's threads can abort the process.
     os._exit(0)

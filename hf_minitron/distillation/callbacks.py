@@ -11,6 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..errors import MinitronError
+from ..nll import chunked_nll
 
 COMPONENTS = ("loss", "kl", "ce", "intermediate", "alpha", "grad_norm", "learning_rate")
 
@@ -147,15 +148,10 @@ def labelled_lm_loss(model, dataloader) -> float:
     for batch in dataloader:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         out = model(**inputs, distillation=TeacherRequest())
-        labels = batch["labels"].to(out.hidden.device)
-        mask = labels[:, 1:] != -100
-        hidden, targets = out.hidden[:, :-1][mask], labels[:, 1:][mask]
-        nll = torch.zeros((), dtype=torch.float64, device=hidden.device)
-        for start in range(0, len(targets), 1024):
-            logits = (hidden[start : start + 1024] @ out.head_weight.t()).float()
-            nll += torch.nn.functional.cross_entropy(logits, targets[start : start + 1024], reduction="sum").double()
-        total = nll if total is None else total + nll
-        count = mask.sum().double() if count is None else count + mask.sum().double()
+        # Labels are unshifted, as the model's own loss takes them: the state at t predicts label t + 1.
+        row_nll, row_counts = chunked_nll(out.hidden[:, :-1], batch["labels"][:, 1:], out.head_weight, 1024)
+        total = row_nll.sum() if total is None else total + row_nll.sum()
+        count = row_counts.sum().double() if count is None else count + row_counts.sum().double()
     if total is None:
         return float("nan")
     if torch.distributed.is_available() and torch.distributed.is_initialized():

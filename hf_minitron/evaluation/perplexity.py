@@ -1,7 +1,7 @@
 """Language-modelling loss and perplexity, computed without materialising full logits.
 
-The decoder runs once; the LM head is applied to the scored positions in chunks, so a
-128k-vocabulary model never holds [tokens × vocab] logits at once.
+The decoder runs once; the LM head is applied to the scored positions in chunks (``hf_minitron.nll``),
+so a 128k-vocabulary model never holds [tokens × vocab] logits at once.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import iter_texts
 from ..errors import MinitronError
 from ..families import family_for, get_module
+from ..nll import IGNORE_INDEX, chunked_nll
 
 
 def input_device(model) -> torch.device:
@@ -54,17 +54,10 @@ def logprobs_from_hidden(
     valid = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()
     if score_mask is not None:
         valid &= score_mask.to(device)[:, 1:].bool()
+    targets = input_ids[:, 1:].masked_fill(~valid, IGNORE_INDEX)
     lm_head = get_module(model, family_for(model).lm_head)
-    out_device = lm_head.weight.device
-    rows = torch.arange(valid.shape[0], device=device).unsqueeze(1).expand_as(valid)[valid].to(out_device)
-    targets = input_ids[:, 1:][valid].to(out_device)
-    states = hidden[:, :-1][valid.to(hidden.device)].to(out_device)
-    sums = torch.zeros(valid.shape[0], dtype=torch.float64, device=out_device)
-    for start in range(0, len(targets), chunk_size):
-        logits = lm_head(states[start : start + chunk_size]).float()
-        picked = -F.cross_entropy(logits, targets[start : start + chunk_size], reduction="none")
-        sums.index_add_(0, rows[start : start + chunk_size], picked.double())
-    return sums.cpu(), valid.sum(1).cpu()
+    nll, counts = chunked_nll(hidden[:, :-1], targets, lm_head, chunk_size)
+    return -nll.cpu(), counts.cpu()
 
 
 def token_nll(model, input_ids, attention_mask, score_mask=None, chunk_size: int = 2048) -> tuple[torch.Tensor, int]:

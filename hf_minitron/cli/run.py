@@ -29,7 +29,8 @@ def report(result: dict, output) -> None:
     print(result["table"])
     print()
     tokens = ", ".join(f"{name} {count}" for name, count in result["distillation_tokens"].items())
-    print(f"Distillation tokens per student: {tokens}.")
+    if tokens:  # none when the recipe stops after pruning
+        print(f"Distillation tokens per student: {tokens}.")
     print(f"Perplexity on {result['perplexity_data']}, used for no calibration or training here.")
     for name, answers in result["generations"].items():
         for prompt, answer in answers.items():

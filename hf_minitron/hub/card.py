@@ -6,8 +6,9 @@ Fields the templates use:
 
 name, variant (Width/Depth), kind (Base/Instruct), repo_id, teacher {id, url, license},
 base {id, url} (Instruct only), params {teacher_total, student_total, student_non_embedding, ratio},
-importance {calibration, aggregation}, pruning {summary, dropped_layers}, reconstruction (a sentence or None),
-distillation {summary},
+importance {calibration, aggregation} or None, pruning {summary, dropped_layers} or None (a student
+that was not pruned by hf_minitron), reconstruction (a sentence or None), distillation {summary} or None
+(a recipe that stops after pruning),
 alignment {summary} (Instruct only), shape_table, evaluation {student: results, teacher: results},
 throughput, plots [{title, file}], intended_use, language, datasets (Hub ids only).
 """
@@ -83,7 +84,8 @@ def eval_results(facts: dict) -> list[EvalResult]:
 
 
 def card_data(facts: dict) -> ModelCardData:
-    kind_tags = ["minitron", "pruning", "distillation", "hf_minitron"]
+    steps = [tag for tag in ("pruning", "distillation") if facts.get(tag)]
+    kind_tags = ["minitron", *steps, "hf_minitron"]
     if facts["kind"] == "Instruct":
         kind_tags += ["conversational"]
     base = facts["base"]["id"] if facts["kind"] == "Instruct" else facts["teacher"]["id"]

@@ -1,5 +1,6 @@
 """The evaluate stage: every model the run made, scored on the recipe's held-out text and tasks, with
-greedy continuations of its sample prompts and a throughput comparison."""
+greedy continuations of its sample prompts, a throughput comparison, and each model's shape (the one
+stage that sees every student, whether pruned here or given as a folder)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ..data import describe_text_source
 from ..evaluation import evaluate_model
+from ..shapes import model_shape
 from .stages import Run
 
 THROUGHPUT = dict(prefill_batch=2, prefill_len=128, decode_batches=(1,), prompt_len=16, new_tokens=16, repeats=2)
@@ -18,8 +20,7 @@ THROUGHPUT = dict(prefill_batch=2, prefill_len=128, decode_batches=(1,), prompt_
 
 def stage_models(run: Run) -> list[tuple[str, str, str]]:
     """(student, label, stage) for every model the run made, in pipeline order."""
-    stages = [("prune", "pruned"), ("distill", "distilled")] + ([("align", "aligned")] if run.recipe.align else [])
-    return [(name, label, stage) for name in run.recipe.students for stage, label in stages]
+    return [(name, label, stage) for name in run.recipe.student_names for stage, label in run.model_stages()]
 
 
 @torch.no_grad()
@@ -47,10 +48,12 @@ def evaluate(run: Run, folder: Path) -> dict:
 
     results = {"teacher": score(teacher)}
     finals = {"teacher": teacher}
+    shapes = {"teacher": model_shape(teacher).to_dict()}
     for name, label, stage in stage_models(run):
-        model = run.load(run.folder(stage) / name)
+        model = run.load(run.student_folder(stage, name))
         results[f"{name} {label}"] = score(model)
         finals[name] = model
+        shapes.setdefault(name, model_shape(model).to_dict())  # training changes no dimension
         print(f"  {name} {label}: {_brief(results[f'{name} {label}'])}", file=sys.stderr)
     generations = {
         name: {
@@ -63,7 +66,11 @@ def evaluate(run: Run, folder: Path) -> dict:
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (folder / "generations.json").write_text(json.dumps(generations, indent=2, ensure_ascii=False) + "\n")
     (folder / "throughput.json").write_text(json.dumps(speed, indent=2) + "\n")
-    return {"models": list(results), "perplexity_data": describe_text_source(settings.perplexity_data or "")}
+    return {
+        "models": list(results),
+        "perplexity_data": describe_text_source(settings.perplexity_data or ""),
+        "shapes": shapes,
+    }
 
 
 def score_model(model, tokenizer, settings) -> dict:

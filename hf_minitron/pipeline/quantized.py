@@ -1,6 +1,6 @@
 """The quantize stage: each final student in every chosen scheme, measured against its unquantized self.
 
-For every student (the aligned model if the recipe aligns, else the distilled one) it writes the
+For every student (its last model: aligned, distilled or pruned, as far as the recipe goes) it writes the
 torchao variants (``quantize/<student>-<scheme>/``) and GGUF files (``quantize/<student>-<type>.gguf``)
 and records, next to the unquantized model, bytes on disk, perplexity and task accuracy (GGUF files
 read back through transformers, which dequantizes them) and prefill speed (torchao variants only:
@@ -21,7 +21,7 @@ from .stages import Run
 
 
 def final_stage(run: Run) -> str:
-    return "align" if run.recipe.align else "distill"
+    return run.model_stages()[-1][0]
 
 
 def quantize(run: Run, folder: Path) -> dict:
@@ -33,8 +33,8 @@ def quantize(run: Run, folder: Path) -> dict:
     settings, evaluation = run.recipe.quantize, run.recipe.evaluate
     _, tokenizer = run.teacher()
     table = {}
-    for name in run.recipe.students:
-        source = run.folder(final_stage(run)) / name
+    for name in run.recipe.student_names:
+        source = run.student_folder(final_stage(run), name)
         models = {"unquantized": run.load(source)}
         sizes = {"unquantized": folder_bytes(source)}
         for scheme in settings.schemes:

@@ -1,5 +1,10 @@
 """Pipeline recipes: a short YAML file naming the teacher, the students and each stage's settings.
 
+One schema describes every experiment; a stage runs only when its section is there. Without a
+``distill`` section a recipe prunes (and re-fits) its students and stops there; a student given as
+``{model: FOLDER}`` already exists (say, made by ``hf-minitron prune``), so importance and pruning are
+skipped for it and the run distils it.
+
 Every key is checked before anything runs: unknown keys and wrong types are refused with the
 section they are in and the keys that section accepts. Trainer sections (teacher_correction,
 distill, align) take any field of their TRL-style config, checked by building that config.
@@ -78,8 +83,10 @@ class Publish:
 class Recipe:
     name: str
     teacher: str
-    students: dict[str, PruningConfig]
-    distill: dict[str, Any]
+    students: dict[str, PruningConfig]  # pruned from the teacher by this run: name → targets
+    # Students that already exist (name → model folder): distilled as they are, never pruned here.
+    student_models: dict[str, str] = field(default_factory=dict)
+    distill: dict[str, Any] | None = None  # None: the run stops after pruning
     model_dtype: str = "float32"
     device_map: str | None = None
     calibration: Calibration = field(default_factory=Calibration)
@@ -93,6 +100,11 @@ class Recipe:
     card: Card = field(default_factory=Card)
     publish: Publish | None = None
     raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def student_names(self) -> list[str]:
+        """Every student: those pruned here, then those that already exist."""
+        return [*self.students, *self.student_models]
 
     def scaled(self, budget: float) -> Recipe:
         """The same recipe with training and generation budgets multiplied by ``budget``."""
@@ -235,11 +247,12 @@ def parse_recipe(values: dict) -> Recipe:
 
     if not isinstance(values, dict):
         raise MinitronError("A recipe must be a mapping of sections", fix="see recipes/ for examples")
-    fields = {f.name: f for f in dataclasses.fields(Recipe) if f.name != "raw"}
+    # student_models is filled from the students section, not written at the top level.
+    fields = {f.name: f for f in dataclasses.fields(Recipe) if f.name not in ("raw", "student_models")}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         _fail("(top level)", f"unknown key(s) {', '.join(unknown)}", fields)
-    missing = [k for k in ("name", "teacher", "students", "distill") if not values.get(k)]
+    missing = [k for k in ("name", "teacher", "students") if not values.get(k)]
     if missing:
         _fail("(top level)", f"missing {', '.join(missing)}")
     for key in ("name", "teacher", "model_dtype"):
@@ -247,18 +260,7 @@ def parse_recipe(values: dict) -> Recipe:
             _fail("(top level)", f"'{key}' must be a string, got {values[key]!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", values["name"]):
         _fail("(top level)", f"name '{values['name']}' must be a valid repository name (letters, digits, . _ -)")
-    students = values["students"]
-    if not isinstance(students, dict):
-        _fail("students", "must map a variant name (width, depth, ...) to its pruning targets")
-    parsed_students = {}
-    for name, targets in students.items():
-        if not re.fullmatch(r"[a-z][a-z0-9]*", str(name)):
-            _fail("students", f"variant name '{name}' must be lower-case letters and digits (e.g. width, depth)")
-        try:
-            parsed_students[name] = PruningConfig(**(targets or {}))
-        except TypeError as error:
-            accepted = [f.name for f in dataclasses.fields(PruningConfig)]
-            _fail(f"students.{name}", f"invalid targets ({error})", accepted)
+    pruned_students, student_models = _students_section(values["students"])
     generate = values.get("generate_data")
     if generate is not None:
         generate = dict(generate)
@@ -268,8 +270,9 @@ def parse_recipe(values: dict) -> Recipe:
     recipe = Recipe(
         name=values["name"],
         teacher=values["teacher"],
-        students=parsed_students,
-        distill=_config_section(values["distill"], "distill", DistillationConfig),
+        students=pruned_students,
+        student_models=student_models,
+        distill=_config_section(values.get("distill"), "distill", DistillationConfig),
         model_dtype=values.get("model_dtype", "float32"),
         device_map=values.get("device_map"),
         calibration=_dataclass_section(Calibration, values.get("calibration", {}), "calibration"),
@@ -290,7 +293,54 @@ def parse_recipe(values: dict) -> Recipe:
             _fail(section, "uses dataset 'generated' but the recipe has no generate_data section")
     if recipe.publish is not None and recipe.publish.repo_id.count("/") != 1:
         _fail("publish", f"repo_id '{recipe.publish.repo_id}' must be ORG/NAME")
+    if recipe.distill is None:
+        # Alignment trains distilled students, and a given student is only there to be distilled.
+        if recipe.align is not None:
+            _fail("align", "aligns the distilled students, but the recipe has no distill section")
+        for name in recipe.student_models:
+            _fail(f"students.{name}", "names an existing model, but the recipe has no distill section to train it")
     return recipe
+
+
+def _students_section(students) -> tuple[dict[str, PruningConfig], dict[str, str]]:
+    """(students pruned here: name → targets, students that already exist: name → model folder)."""
+    if not isinstance(students, dict):
+        _fail("students", "must map a student name (width, depth, ...) to its pruning targets or {model: FOLDER}")
+    accepted = [f.name for f in dataclasses.fields(PruningConfig)] + ["model"]
+    pruned, existing = {}, {}
+    for name, entry in students.items():
+        section = f"students.{name}"
+        if not re.fullmatch(r"[a-z][a-z0-9]*", str(name)):
+            _fail("students", f"student name '{name}' must be lower-case letters and digits (e.g. width, depth)")
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            _fail(section, f"must be a mapping of pruning targets or {{model: FOLDER}}, got {entry!r}", accepted)
+        if "model" in entry:
+            extra = sorted(set(entry) - {"model"})
+            if extra:
+                _fail(section, f"'model' names a student that is already pruned; drop its targets ({', '.join(extra)})")
+            if not isinstance(entry["model"], str) or not entry["model"]:
+                _fail(section, f"'model' must be the path of a model folder, got {entry['model']!r}")
+            existing[name] = entry["model"]
+            continue
+        try:
+            pruned[name] = PruningConfig(**entry)
+        except TypeError as error:
+            _fail(section, f"invalid targets ({error})", accepted)
+        except MinitronError as error:
+            _fail(section, str(error))
+    return pruned, existing
+
+
+def check_student_models(recipe: Recipe) -> None:
+    """Every student the recipe gives as a folder is there (checked when it is about to be used, not when
+    parsing: a shipped recipe may name a folder an earlier command makes)."""
+    for name, folder in recipe.student_models.items():
+        if not (Path(folder) / "config.json").is_file():
+            raise MinitronError(
+                f"Student '{name}': '{folder}' is not a model folder (it holds no config.json)",
+                fix=f"prune it first (hf-minitron prune ... -o FOLDER), or correct students.{name}.model",
+            )
 
 
 def _reconstruction_section(values) -> ReconstructionConfig | None:

@@ -73,7 +73,7 @@ def stage_inputs(recipe: Recipe, name: str) -> tuple[dict, dict]:
             "calibration": asdict(recipe.calibration) if recipe.reconstruction else None,
         },
         "generate_data": recipe.generate_data,
-        "distill": recipe.distill,
+        "distill": _distill_inputs(recipe),
         "align": recipe.align,
         "evaluate": asdict(recipe.evaluate),
         "quantize": asdict(recipe.quantize) if recipe.quantize else None,
@@ -93,6 +93,14 @@ def stage_inputs(recipe: Recipe, name: str) -> tuple[dict, dict]:
             flat[key] = value
     signatures = {key: file_signature(value) for key, value in flat.items()}
     return section, {key: signature for key, signature in signatures.items() if signature}
+
+
+def _distill_inputs(recipe: Recipe) -> dict | None:
+    """The distill section, and the folders of students the recipe gives: editing one reruns distillation
+    and every stage after it (evaluation and cards read those folders too, and read distillation)."""
+    if recipe.distill is None or not recipe.student_models:
+        return recipe.distill
+    return {**recipe.distill, "student_models": recipe.student_models}
 
 
 def output_manifest(folder: Path) -> dict[str, list]:

@@ -90,6 +90,43 @@ def _training_summary(facts: dict, name: str) -> str:
     return "; ".join(parts)
 
 
+def _pruning_facts(run: Run, name: str, records: dict, shapes: dict) -> dict:
+    """What a card says about how a student was pruned: from this run's records, or, for a student the
+    recipe gives as a folder, from the record pruning left in its config.json (nothing if it has none)."""
+    if name in run.recipe.students:
+        calibration = records["importance"]
+        return {
+            "importance": {
+                "calibration": f"{calibration['calibration_tokens']} tokens of {calibration['calibration']}",
+                "aggregation": _aggregation_text(calibration.get("aggregation", {})),
+            },
+            "pruning": {
+                "summary": _changes(shapes["teacher"], shapes[name]),
+                "dropped_layers": records["prune"]["dropped_layers"].get(name) or [],
+            },
+            "reconstruction": _reconstruction_text((records["prune"].get("reconstruction") or {}).get(name)),
+        }
+    config = json.loads((run.student_folder("prune", name) / "config.json").read_text())
+    record = config.get("minitron_pruning")
+    if not record:
+        return {"importance": None, "pruning": None, "reconstruction": None}
+    importance = record.get("importance")
+    return {
+        "importance": {
+            "calibration": f"{importance['num_samples']} samples of up to {importance['seq_len']} tokens of "
+            f"{importance['data']}",
+            "aggregation": _aggregation_text(importance),
+        }
+        if importance
+        else None,
+        "pruning": {
+            "summary": _changes(record["source_shape"], record["pruned_shape"]),
+            "dropped_layers": record.get("dropped_layers") or [],
+        },
+        "reconstruction": _reconstruction_text(record.get("reconstruction")),
+    }
+
+
 def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
     from ..hub.card import model_link
     from ..hub.publish import variant_repo_id
@@ -99,17 +136,21 @@ def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
     base_repo = recipe.publish.repo_id if recipe.publish else recipe.name
     repo_id = variant_repo_id(base_repo, variant, kind)
     teacher_id = describe_source(recipe.teacher)
-    shapes = records["prune"]["shapes"]
+    shapes = records["evaluate"]["shapes"]
     teacher_shape, student_shape = shapes["teacher"], shapes[name]
     results = json.loads((run.folder("evaluate") / "results.json").read_text())
     speed = json.loads((run.folder("evaluate") / "throughput.json").read_text())
-    final = f"{name} {'aligned' if kind == 'Instruct' else 'distilled'}"
+    labels = dict(run.model_stages())
+    final = f"{name} {labels['align'] if kind == 'Instruct' else labels.get('distill', labels['prune'])}"
     datasets = [
         d
-        for d in (recipe.calibration.data, recipe.distill.get("dataset"), (recipe.align or {}).get("dataset"))
+        for d in (
+            recipe.calibration.data if recipe.students else None,
+            (recipe.distill or {}).get("dataset"),
+            (recipe.align or {}).get("dataset"),
+        )
         if isinstance(d, str) and HUB_ID.match(d) and not Path(d).exists()
     ]
-    calibration = records["importance"]
     facts = {
         "name": repo_id.split("/")[-1],
         "variant": variant,
@@ -122,16 +163,9 @@ def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
             "student_non_embedding": human_count(student_shape["non_embedding_params"]),
             "ratio": f"{100 * student_shape['params'] / teacher_shape['params']:.0f}%",
         },
-        "importance": {
-            "calibration": f"{calibration['calibration_tokens']} tokens of {calibration['calibration']}",
-            "aggregation": _aggregation_text(calibration.get("aggregation", {})),
-        },
-        "pruning": {
-            "summary": _changes(teacher_shape, student_shape),
-            "dropped_layers": records["prune"]["dropped_layers"].get(name) or [],
-        },
-        "reconstruction": _reconstruction_text((records["prune"].get("reconstruction") or {}).get(name)),
-        "distillation": {"summary": _training_summary(records["distill"], name)},
+        **_pruning_facts(run, name, records, shapes),
+        # None when the recipe stops after pruning: the card then describes a pruned, untrained model.
+        "distillation": {"summary": _training_summary(records["distill"], name)} if "distill" in records else None,
         "shape_table": comparison_table(
             {
                 teacher_id.split("/")[-1]: ModelShape(**teacher_shape),
@@ -177,15 +211,22 @@ def model_card(run: Run, folder: Path, records: dict) -> dict:
     from ..hub.card import render_model_card
 
     packaged = []
-    for name in run.recipe.students:
-        kinds = [("Base", "distill")] + ([("Instruct", "align")] if run.recipe.align else [])
+    stages = [stage for stage, _ in run.model_stages()]
+    base_stage = "distill" if "distill" in stages else "prune"
+    for name in run.recipe.student_names:
+        start = run.student_folder("prune", name)  # what pruning made (here, or before this run)
+        # A student pruned elsewhere carries the importance scores it was pruned with, if any.
+        importance = run.folder("importance") if name in run.recipe.students else start / "importance"
+        kinds = [("Base", base_stage)] + ([("Instruct", "align")] if "align" in stages else [])
         for kind, stage in kinds:
             facts = card_facts(run, name, kind, records)
             target = folder / facts["name"]
             leave_out = shutil.ignore_patterns("stage.json", MARKER_FILE)  # records of this run, not of the model
-            shutil.copytree(run.folder(stage) / name, target, ignore=leave_out)
-            shutil.copy(run.folder("prune") / name / "pruning_config.json", target)
-            shutil.copytree(run.folder("importance"), target / "importance", ignore=leave_out)
+            shutil.copytree(run.student_folder(stage, name), target, ignore=leave_out)
+            if (start / "pruning_config.json").is_file():
+                shutil.copy(start / "pruning_config.json", target)
+            if importance.is_dir():
+                shutil.copytree(importance, target / "importance", ignore=leave_out, dirs_exist_ok=True)
             for title, file in (
                 ("Importance per layer", "importance/importance.png"),
                 ("Loss when a block of layers is removed", "importance/block_removal.png"),
@@ -211,12 +252,13 @@ def publish(run: Run, folder: Path, records: dict) -> dict:
 def summary(run: Run, records: dict) -> tuple[str, dict]:
     """The end-of-run table (parameters and perplexity before/after each stage) and its JSON."""
     results = json.loads((run.folder("evaluate") / "results.json").read_text())
-    shapes = records["prune"]["shapes"]
+    shapes = records["evaluate"]["shapes"]
     generations = json.loads((run.folder("evaluate") / "generations.json").read_text())
     speed = json.loads((run.folder("evaluate") / "throughput.json").read_text())
-    labels = ["pruned", "distilled"] + (["aligned"] if run.recipe.align else [])
-    # The pruned students were re-fitted by least squares unless the recipe turned reconstruction off.
-    header = {"pruned": "ppl pruned + re-fit" if run.recipe.reconstruction else "ppl pruned"}
+    labels = [label for _, label in run.model_stages()]
+    # Students pruned here were re-fitted by least squares unless the recipe turned reconstruction off.
+    refitted = run.recipe.reconstruction is not None and run.recipe.students
+    header = {"pruned": "ppl pruned + re-fit" if refitted else "ppl pruned"}
     rows = [["model", "params", "w/o embeddings", *[header.get(lb, f"ppl {lb}") for lb in labels], "prefill speed"]]
 
     def ppl(key):
@@ -233,7 +275,7 @@ def summary(run: Run, records: dict) -> tuple[str, dict]:
             "1.00×",
         ]
     )
-    for name in run.recipe.students:
+    for name in run.recipe.student_names:
         ratio = speed.get(name, {}).get("speedup", {}).get("prefill")
         rows.append(
             [
@@ -252,7 +294,7 @@ def summary(run: Run, records: dict) -> tuple[str, dict]:
 
         for name, variants in quantized.items():
             table += f"\n\nQuantized variants of {name}:\n" + quantized_table(variants)
-    tokens = {name: s["tokens"] for name, s in records["distill"]["students"].items()}
+    tokens = {name: s["tokens"] for name, s in records.get("distill", {}).get("students", {}).items()}
     data = {
         "results": results,
         "shapes": shapes,

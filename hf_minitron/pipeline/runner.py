@@ -29,7 +29,7 @@ from ..fingerprints import fingerprint
 from ..outputs import atomic_output_dir, claim_work_dir, prepare_work_dir, write_text_atomically
 from ..redaction import redact
 from . import evaluate, quantized, records, reporting, stages
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, check_student_models, load_recipe
 
 RUN_FILE = "run.json"
 RUN_KIND = "pipeline run"
@@ -72,7 +72,11 @@ STAGE_NAMES = tuple(stage.name for stage in ALL_STAGES)
 def enabled_stages(recipe: Recipe, publish: bool = True) -> list[Stage]:
     optional = {
         "teacher_correction": recipe.teacher_correction is not None,
+        # Students given as model folders need neither; a recipe without a distill section stops at pruning.
+        "importance": bool(recipe.students),
+        "prune": bool(recipe.students),
         "generate_data": recipe.generate_data is not None,
+        "distill": recipe.distill is not None,
         "align": recipe.align is not None,
         "quantize": recipe.quantize is not None,
         "publish": publish and recipe.publish is not None,
@@ -93,6 +97,7 @@ def run_recipe(
     """Run every enabled stage of ``recipe`` into ``output_dir``; returns the run summary."""
     recipe = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
     recipe = recipe.scaled(budget) if budget != 1.0 else recipe
+    check_student_models(recipe)
     plan = enabled_stages(recipe, publish)
     if from_stage is not None and from_stage not in [s.name for s in plan]:
         raise MinitronError(

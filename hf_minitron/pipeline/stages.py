@@ -43,6 +43,23 @@ class Run:
     def folder(self, stage: str) -> Path:
         return self.output_dir / stage
 
+    def model_stages(self) -> list[tuple[str, str]]:
+        """(stage, label) of each model every student becomes, in order: pruned, distilled, aligned.
+
+        A student the recipe gives as a folder counts as pruned: that folder is its 'prune' model."""
+        stages = [("prune", "pruned")]
+        if self.recipe.distill is not None:
+            stages.append(("distill", "distilled"))
+        if self.recipe.align is not None:
+            stages.append(("align", "aligned"))
+        return stages
+
+    def student_folder(self, stage: str, name: str) -> Path:
+        """Where student ``name``'s model after ``stage`` is."""
+        if stage == "prune" and name in self.recipe.student_models:
+            return Path(self.recipe.student_models[name])
+        return self.folder(stage) / name
+
     def checkpoints(self, stage: str, student: str | None = None) -> Path:
         """Where a training stage's Trainer writes its checkpoints and logs (for one student, if given)."""
         folder = self.output_dir / CHECKPOINTS_FOLDER / stage
@@ -222,7 +239,7 @@ def distill(run: Run, folder: Path) -> dict:
         train = _rows_the_steps_use(train, cache_args)
         settings["teacher_logits_cache"] = str(_shared_teacher_cache(run, section, train, cache_args))
         facts["teacher_cache"] = dict(section["teacher_cache"])
-    for name in run.recipe.students:
+    for name in run.recipe.student_names:
         output_dir = run.checkpoints("distill", name)
         args = DistillationConfig(output_dir=str(output_dir), **settings)
         budget = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
@@ -231,7 +248,7 @@ def distill(run: Run, folder: Path) -> dict:
             f"a 2-core CPU trains about {CPU_TOKENS_PER_SECOND} tokens/s, --budget scales the steps",
             file=sys.stderr,
         )
-        student = run.load(run.folder("prune") / name).requires_grad_(True)
+        student = run.load(run.student_folder("prune", name)).requires_grad_(True)
         trainer = DistillationTrainer(
             model=student,
             teacher_model=None if args.teacher_logits_cache else teacher,
@@ -289,10 +306,10 @@ def align(run: Run, folder: Path) -> dict:
     _, tokenizer = run.teacher()
     data = run.dataset(section)
     facts = {"data": run.describe_data(section), "students": {}}
-    for name in run.recipe.students:
+    for name in run.recipe.student_names:
         output_dir = run.checkpoints("align", name)
         args = AlignmentConfig(output_dir=str(output_dir), **_trainer_settings(section))
-        model = run.load(run.folder("distill") / name).requires_grad_(True)
+        model = run.load(run.student_folder("distill", name)).requires_grad_(True)
         align_model(
             model, copy.deepcopy(tokenizer), data, args, folder / name, resume_from_checkpoint=_resume_point(output_dir)
         )

@@ -255,15 +255,29 @@ def test_failed_save_leaves_no_folder(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes" / "prune").glob("*.yaml")))
-def test_shipped_prune_recipes_parse(recipe):
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_prune_reads_every_shipped_recipe_as_its_prune_stage(recipe):
+    """Each student a shipped recipe prunes becomes exactly the pruning config `prune --config` uses."""
     from hf_minitron.cli import build_parser
     from hf_minitron.cli.common import parse_with_config
-    from hf_minitron.cli.prune import pruning_config_from_args
+    from hf_minitron.cli.prune import pruning_config_from_args, reconstruction_config_from_args
+    from hf_minitron.cli.recipe_options import prune_options
+    from hf_minitron.pipeline import load_recipe
 
-    args = parse_with_config(build_parser()[1]["prune"], ["--config", str(recipe), "--output", "unused"])
-    config = pruning_config_from_args(args)
-    assert config.hidden_size or config.num_hidden_layers
+    parsed = load_recipe(recipe)
+    for name, targets in parsed.students.items():
+        argv = ["--config", str(recipe), "--student", name, "--output", "unused"]
+        args = parse_with_config(build_parser()[1]["prune"], argv, prune_options)
+        assert pruning_config_from_args(args) == targets
+        assert reconstruction_config_from_args(args) == parsed.reconstruction
+        calibration = parsed.calibration
+        assert (args.model, args.dtype, args.data, args.num_samples, args.seq_len) == (
+            parsed.teacher,
+            parsed.model_dtype,
+            calibration.data,
+            calibration.num_samples,
+            calibration.seq_len,
+        )
 
 
 def test_prune_depth_by_downstream_task(workspace):

@@ -118,17 +118,26 @@ def test_missing_learning_rate_and_missing_teacher(workspace, capsys):
 RECIPES = Path(__file__).parents[1] / "recipes"
 
 
-@pytest.mark.parametrize("recipe", sorted((RECIPES / "distill").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_distill_recipes_parse(recipe):
-    from trl import ModelConfig, ScriptArguments, TrlParser
-
-    from hf_minitron.cli.training import RunArguments
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_distill_reads_every_shipped_recipe_it_can_serve(recipe, tmp_path):
+    """The distill section of a shipped recipe becomes `distill --config`'s settings, or is refused clearly."""
+    from hf_minitron import MinitronError
+    from hf_minitron.cli.recipe_options import distill_options
+    from hf_minitron.cli.training import _parse
     from hf_minitron.distillation import DistillationConfig
+    from hf_minitron.pipeline import load_recipe
 
-    parser = TrlParser((DistillationConfig, ScriptArguments, ModelConfig, RunArguments))
-    args, script, model, _ = parser.parse_args_and_config(["--config", str(recipe)])
-    assert model.model_name_or_path and args.teacher_model_name_or_path and script.dataset_name
-    assert args.temperature == 1.0 and args.divergence == "forward_kl"
+    parsed = load_recipe(recipe)
+    argv = ["--config", str(recipe), "--model_name_or_path", "pruned", "--output_dir", str(tmp_path)]
+    section = parsed.distill or {}
+    if not section or {"teacher_cache", "block_size"} & set(section) or section["dataset"] == "generated":
+        with pytest.raises(MinitronError, match=r"no distill section|only `hf-minitron run` serves|generate_data"):
+            _parse(argv, DistillationConfig, "student", distill_options)
+        return
+    args, script, model, _ = _parse(argv, DistillationConfig, "student", distill_options)
+    assert model.model_name_or_path == "pruned" and args.teacher_model_name_or_path == parsed.teacher
+    assert script.dataset_name == parsed.distill["dataset"] and args.max_steps == parsed.distill["max_steps"]
+    assert args.learning_rate == parsed.distill["learning_rate"] and model.dtype == parsed.model_dtype
 
 
 @pytest.mark.parametrize("config", sorted((RECIPES / "accelerate").glob("*.yaml")), ids=lambda p: p.name)

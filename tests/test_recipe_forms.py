@@ -1,15 +1,17 @@
-"""One recipe schema for every experiment: a prune-only run, and a distill-only run from an existing
-pruned folder."""
+"""One recipe schema for every experiment: a prune-only run, a distill-only run from an existing pruned
+folder, and `prune --config` / `distill --config` reading the same pipeline recipe."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
 from hf_minitron import MinitronError
+from hf_minitron.cli import main
 from hf_minitron.pipeline import parse_recipe, run_recipe
 
 from helpers import char_tokenizer, tiny_model
@@ -60,6 +62,11 @@ def distill_only(folder: Path, pruned: Path) -> dict:
     }
 
 
+def write(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="module")
 def pruned_run(inputs):
     return run_recipe(parse_recipe(prune_only(inputs)), inputs / "prune-run")
@@ -82,6 +89,30 @@ def test_prune_only_recipe_writes_a_loadable_pruned_model_and_its_card(inputs, p
     assert "Distillation" not in card.content and "distillation" not in card.data.tags
 
 
+def test_prune_command_reads_the_same_recipe_and_makes_the_same_model(inputs, pruned_run, capsys):
+    """`prune --config RECIPE` is the recipe's prune stage: same targets, calibration and re-fit."""
+    recipe = write(inputs / "prune-only.yaml", prune_only(inputs))
+    assert main(["prune", "--config", str(recipe), "--output", str(inputs / "pruned-by-cli")]) == 0
+    by_cli = AutoModelForCausalLM.from_pretrained(inputs / "pruned-by-cli").state_dict()
+    by_run = AutoModelForCausalLM.from_pretrained(inputs / "prune-run" / "prune" / "width").state_dict()
+    assert by_cli.keys() == by_run.keys()
+    for name, tensor in by_run.items():
+        torch.testing.assert_close(by_cli[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+    two = prune_only(inputs)
+    two["students"]["depth"] = {"num_hidden_layers": 2}
+    two_students = write(inputs / "two-students.yaml", two)
+    out = str(inputs / "unused")
+    assert main(["prune", "--config", str(two_students), "--output", out]) == 2
+    assert "several students (width, depth)" in capsys.readouterr().err
+    assert main(["prune", "--config", str(two_students), "--student", "tall", "--output", out]) == 2
+    assert "no such student" in capsys.readouterr().err
+    assert main(["prune", "--config", str(recipe), "--student", "width", "--no-reconstruct", "-o", out]) == 0
+    assert "reconstruction" not in AutoModelForCausalLM.from_pretrained(out).config.minitron_pruning  # flags win
+    assert main(["importance", "--config", str(recipe), "--output", str(inputs / "scores")]) == 2
+    assert "is a pipeline recipe" in capsys.readouterr().err
+
+
 def test_distill_only_recipe_trains_an_existing_pruned_folder(inputs, pruned_run):
     pruned = inputs / "prune-run" / "prune" / "width"
     result = run_recipe(parse_recipe(distill_only(inputs, pruned)), inputs / "distill-run")
@@ -101,6 +132,29 @@ def test_distill_only_recipe_trains_an_existing_pruned_folder(inputs, pruned_run
     assert "L2 over the batch, mean over the sequence" in text and "| hidden size | 48 | 36 |" in text
     facts = json.loads((packaged / "card_facts.json").read_text())
     assert facts["importance"]["calibration"].startswith("4 samples of up to 32 tokens")
+
+
+def test_distill_command_reads_a_distill_only_recipe(inputs, pruned_run, capsys):
+    pruned = inputs / "prune-run" / "prune" / "width"
+    recipe = write(inputs / "distill-only.yaml", distill_only(inputs, pruned))
+    output = inputs / "distill-by-cli"
+    assert main(["distill", "--config", str(recipe), "--output_dir", str(output), "--max_steps", "1"]) == 0
+    student = AutoModelForCausalLM.from_pretrained(output / "student")
+    assert student.config.hidden_size == 36
+    assert not torch.equal(student.lm_head.weight, AutoModelForCausalLM.from_pretrained(pruned).lm_head.weight)
+
+    prune_here = write(
+        inputs / "prune-and-distill.yaml", {**prune_only(inputs), "distill": distill_only(inputs, pruned)["distill"]}
+    )
+    assert main(["distill", "--config", str(prune_here), "--output_dir", str(inputs / "x")]) == 2
+    assert "is pruned by the recipe" in capsys.readouterr().err and not (inputs / "x").exists()
+    cached = distill_only(inputs, pruned)
+    cached["distill"].update(packing=False, teacher_cache={"top_k": 4})
+    assert (
+        main(["distill", "--config", str(write(inputs / "cached.yaml", cached)), "--output_dir", str(inputs / "x")])
+        == 2
+    )
+    assert "only `hf-minitron run` serves" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from . import (
     training,
 )
 from .common import parse_with_config
+from .recipe_options import prune_options
 
 COMMANDS = {
     "demo": demo,
@@ -34,6 +35,9 @@ COMMANDS = {
     "generate-data": generate_data,
 }
 
+
+# Commands whose --config may be a pipeline recipe: they take the options of their step from it.
+RECIPE_COMMANDS = {"prune": prune_options}
 
 # Trainer commands parse their own arguments with TRL's parser (every field of their config is a flag).
 RAW_COMMANDS = {
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             RAW_COMMANDS[argv[0]](argv[1:])
             return 0
         if argv and argv[0] in commands:
-            args = parse_with_config(commands[argv[0]], argv[1:])
+            args = parse_with_config(commands[argv[0]], argv[1:], RECIPE_COMMANDS.get(argv[0]))
         else:
             args = parser.parse_args(argv)  # --help, or an unknown command: argparse explains
         args.run(args)

@@ -54,26 +54,39 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML file whose keys set any of these options")
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Options come from an optional YAML file first, then from flags (flags win), as TRL's parser does."""
-    config_path = None
-    for index, arg in enumerate(argv):
-        if arg == "--config" and index + 1 < len(argv):
-            config_path = argv[index + 1]
-        elif arg.startswith("--config="):
-            config_path = arg.split("=", 1)[1]
+def read_config_file(config_path: str) -> dict:
+    """A --config file's mapping, or an error naming what is wrong with the file."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise MinitronError(f"Config file '{config_path}' does not exist", fix="check the path")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MinitronError(f"Config file '{config_path}' is not valid YAML", str(error).replace("\n", " ")) from error
+    if not isinstance(values, dict):
+        raise MinitronError(f"Config file '{config_path}' must hold a mapping of option: value")
+    return values
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str], from_recipe=None) -> argparse.Namespace:
+    """Options come from an optional YAML file first, then from flags (flags win), as TRL's parser does.
+
+    The file is a mapping of this command's options or, for commands given ``from_recipe`` (a function
+    ``(recipe, student) -> (options, settings without a flag)``), a pipeline recipe."""
+    from ..pipeline import parse_recipe
+    from .recipe_options import is_pipeline_recipe, option_value
+
+    config_path = option_value(argv, "--config")
     if config_path:
-        path = Path(config_path)
-        if not path.is_file():
-            raise MinitronError(f"Config file '{config_path}' does not exist", fix="check the path")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise MinitronError(
-                f"Config file '{config_path}' is not valid YAML", str(error).replace("\n", " ")
-            ) from error
-        if not isinstance(values, dict):
-            raise MinitronError(f"Config file '{config_path}' must hold a mapping of option: value")
+        values = read_config_file(config_path)
+        if is_pipeline_recipe(values):
+            if from_recipe is None:
+                raise MinitronError(
+                    f"'{config_path}' is a pipeline recipe, and this command reads a file of its own options",
+                    fix="run it as `hf-minitron run RECIPE -o DIR`, or give it to `prune` or `distill` as --config",
+                )
+            values, settings = from_recipe(parse_recipe(values), option_value(argv, "--student"))
+            parser.set_defaults(**settings)
         known = {action.dest: action for action in parser._actions}
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(k for k in values if k not in known or k in ("help", "config"))

@@ -31,12 +31,17 @@ def register(subparsers):
     targets.add_argument("--layers-to-drop", type=int, nargs="+", default=None, help="0-based layers (explicit)")
     targets.add_argument("--head-residual-merge", action="store_true", help="fold pruned heads into kept ones")
     targets.add_argument("--pruning-config", default=None, help="a pruning_config.json instead of target flags")
+    targets.add_argument(
+        "--student", default=None, help="with a pipeline recipe as --config: the student to prune (if it has several)"
+    )
     parser.add_argument("--scores", default=None, help="folder of saved importance scores (skips estimation)")
     add_data_args(parser)
     add_importance_args(parser)
     add_reconstruction_args(parser)
     add_output_args(parser)
-    parser.set_defaults(run=run)
+    # A pipeline recipe as --config fills these (see recipe_options): the student it chose, and the
+    # reconstruction settings that have no flag.
+    parser.set_defaults(run=run, recipe_student=None, reconstruction_settings={})
     return parser
 
 
@@ -61,11 +66,14 @@ def reconstruction_config_from_args(args) -> ReconstructionConfig | None:
     if not args.reconstruct:
         return None
     return ReconstructionConfig(
-        damping=args.reconstruction_damping,
-        num_samples=args.reconstruction_samples,
-        span_method=args.span_method,
-        layers=args.reconstruct_layers,
-        batch_size=args.batch_size,
+        **{
+            "batch_size": args.batch_size,
+            **getattr(args, "reconstruction_settings", {}),
+            "damping": args.reconstruction_damping,
+            "num_samples": args.reconstruction_samples,
+            "span_method": args.span_method,
+            "layers": args.reconstruct_layers,
+        }
     )
 
 
@@ -95,6 +103,11 @@ def pruning_config_from_args(args) -> PruningConfig:
 
 
 def run(args) -> None:
+    if args.student is not None and args.recipe_student is None:
+        raise MinitronError(
+            "--student chooses a student of a pipeline recipe",
+            fix="give the recipe as --config, or leave --student out",
+        )
     require(args, "output")
     config = pruning_config_from_args(args)
     reconstruction = reconstruction_config_from_args(args)

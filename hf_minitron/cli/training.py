@@ -1,9 +1,10 @@
 """`hf-minitron distill` and `hf-minitron correct-teacher`: TRL-style configs (YAML + flags) over the API.
 
 Both parse with TRL's own TrlParser, so every SFTConfig / TrainingArguments flag works, a
-`--config recipe.yaml` sets any of them, and both run under `accelerate launch`. The output folder
-is locked while they run; `--overwrite` clears it (only if hf_minitron made it), and
-`--resume_from_checkpoint last` continues from its newest complete checkpoint.
+`--config file.yaml` of those fields sets any of them, and both run under `accelerate launch`.
+`distill --config` also takes a pipeline recipe: its teacher and distill section become the defaults
+(see ``recipe_options``). The output folder is locked while they run; `--overwrite` clears it (only
+if hf_minitron made it), and `--resume_from_checkpoint last` continues from its newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -85,12 +86,38 @@ def datasets_from(script: ScriptArguments, run: RunArguments):
     return train, evaluation
 
 
-def _parse(argv, config_class, role: str):
+def _parse(argv, config_class, role: str, from_recipe=None):
     parser = TrlParser((config_class, ScriptArguments, ModelConfig, RunArguments))
+    argv = _recipe_as_defaults(parser, argv, from_recipe)
     args, script, model_args, run = parser.parse_args_and_config(argv)
     if not model_args.model_name_or_path:
         raise MinitronError(f"No {role} given", fix=f"pass --model_name_or_path (the {role})")
     return args, script, model_args, run
+
+
+def _recipe_as_defaults(parser, argv: list[str], from_recipe) -> list[str]:
+    """With a pipeline recipe as --config, its settings become the parser's defaults (flags still win) and
+    the arguments lose --config and --student; any other --config is left to TRL's parser."""
+    from ..pipeline import parse_recipe
+    from .common import read_config_file
+    from .recipe_options import is_pipeline_recipe, option_value, without_option
+
+    path, student = option_value(argv, "--config"), option_value(argv, "--student")
+    values = read_config_file(path) if path else None
+    if not is_pipeline_recipe(values):
+        if student is not None:
+            raise MinitronError(
+                "--student chooses a student of a pipeline recipe", fix="give the recipe as --config, or leave it out"
+            )
+        return argv
+    if from_recipe is None:
+        raise MinitronError(
+            f"'{path}' is a pipeline recipe, and this command reads a file of its own options",
+            fix="run it as `hf-minitron run RECIPE -o DIR`, or pass this command's options as flags",
+        )
+    model_given = option_value(argv, "--model_name_or_path") is not None
+    parser.set_defaults_with_config(**from_recipe(parse_recipe(values), student, model_given))
+    return without_option(without_option(argv, "--config"), "--student")
 
 
 def _prepare(args, script, model_args, run, export_name: str):
@@ -106,8 +133,9 @@ def _prepare(args, script, model_args, run, export_name: str):
 
 def run_distill(argv: list[str]) -> None:
     from ..distillation import DistillationConfig
+    from .recipe_options import distill_options
 
-    args, script, model_args, run = _parse(argv, DistillationConfig, "student")
+    args, script, model_args, run = _parse(argv, DistillationConfig, "student", distill_options)
     with _claimed_output(args, run):
         _distill(args, model_args, run, *_prepare(args, script, model_args, run, "student"))
 

@@ -3,7 +3,8 @@
 One schema describes every experiment; a stage runs only when its section is there. Without a
 ``distill`` section a recipe prunes (and re-fits) its students and stops there; a student given as
 ``{model: FOLDER}`` already exists (say, made by ``hf-minitron prune``), so importance and pruning are
-skipped for it and the run distils it.
+skipped for it and the run distils it. ``hf-minitron prune --config`` and ``distill --config`` read
+the same file (see ``hf_minitron.cli.recipe_options``).
 
 Every key is checked before anything runs: unknown keys and wrong types are refused with the
 section they are in and the keys that section accepts. Trainer sections (teacher_correction,

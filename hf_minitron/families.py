@@ -11,10 +11,15 @@ one entry per tensor dimension naming the axis that dimension runs along:
 - ``HEADS``    query heads, ranked per layer; a dimension of ``heads * head_dim`` rows
 - ``KV_HEADS`` key/value heads (GQA groups); a dimension of ``kv_heads * head_dim`` rows
 - ``MLP``      MLP neurons, ranked per layer
+- ``EXPERTS``  mixture-of-experts experts (and their router rows), ranked per layer
+- ``EXPERT_MLP`` one expert's intermediate neurons, ranked per layer and expert
+- ``EXPERT_GATE_UP`` the fused gate and up rows of an expert: ``2 * expert width``, gate half first
 - ``None``     a dimension that pruning never changes (vocab, head_dim)
 
 In the spirit of transformers' ``base_model_tp_plan``, one generic slicing routine
-serves every family from this table.
+serves every family from this table. The expert axes differ per expert (each expert
+keeps its own neurons), so ``hf_minitron.pruning.experts`` slices those before the
+generic routine handles the shared axes of the same tensors.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ HIDDEN = "hidden"
 HEADS = "heads"
 KV_HEADS = "kv_heads"
 MLP = "mlp"
+EXPERTS = "experts"
+EXPERT_MLP = "expert_mlp"
+EXPERT_GATE_UP = "expert_gate_up"
 
 # Llama-style decoder: shared by every supported family. Patterns for optional
 # tensors (biases) simply match nothing when a model does not have them.
@@ -58,6 +66,14 @@ _QK_NORM_PLAN = {
     "model.layers.*.self_attn.k_norm.weight": (None,),
 }
 
+# Sparse MoE block of transformers 5: a router over the residual stream and the experts stored
+# as fused 3-D tensors ([experts, 2 * width, hidden] for gate|up, [experts, hidden, width] for down).
+_EXPERTS_PLAN = {
+    "model.layers.*.mlp.gate.weight": (EXPERTS, HIDDEN),
+    "model.layers.*.mlp.experts.gate_up_proj": (EXPERTS, EXPERT_GATE_UP, HIDDEN),
+    "model.layers.*.mlp.experts.down_proj": (EXPERTS, HIDDEN, EXPERT_MLP),
+}
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -87,6 +103,12 @@ class ModelFamily:
     # reordered from HF's two-halves rotary layout to llama.cpp's interleaved one.
     gguf_architecture: str | None = None
     gguf_rotary_permute: bool = False
+    # Mixture of experts (None: a dense family). The config attributes holding the experts per sparse
+    # layer and each expert's intermediate size, and where a sparse layer keeps its router and experts.
+    expert_count_key: str | None = None
+    expert_width_key: str | None = None
+    moe_router: str = "mlp.gate"
+    moe_experts: str = "mlp.experts"
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
@@ -118,6 +140,23 @@ FAMILIES: tuple[ModelFamily, ...] = (
         model_types=("qwen3",),
         pruning_plan={**_DECODER_PLAN, **_QK_NORM_PLAN},
         notes="per-head q_norm / k_norm over head_dim",
+    ),
+    ModelFamily(
+        name="Qwen3-MoE",
+        model_types=("qwen3_moe",),
+        pruning_plan={**_DECODER_PLAN, **_QK_NORM_PLAN, **_EXPERTS_PLAN},
+        notes="Qwen3 attention; sparse layers route each token to num_experts_per_tok of num_experts experts; "
+        "mlp_only_layers / decoder_sparse_step keep some layers dense (intermediate_size)",
+        expert_count_key="num_local_experts",  # what the config stores; num_experts is an alias of it
+        expert_width_key="moe_intermediate_size",
+    ),
+    ModelFamily(
+        name="Mixtral",
+        model_types=("mixtral",),
+        pruning_plan={**_DECODER_PLAN, **_EXPERTS_PLAN},
+        notes="Mistral attention; every layer is sparse; intermediate_size is each expert's width",
+        expert_count_key="num_local_experts",
+        expert_width_key="intermediate_size",
     ),
 )
 

@@ -5,12 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    MixtralConfig,
+    Qwen2Config,
+    Qwen3Config,
+    Qwen3MoeConfig,
+)
 
 from hf_minitron import CalibrationSet
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FAMILY_CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+FAMILY_CONFIGS = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+}
+MOE_FAMILY_CONFIGS = {"qwen3_moe": Qwen3MoeConfig, "mixtral": MixtralConfig}
 VOCAB = 96
 
 
@@ -29,17 +43,28 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     )
     settings.update(overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family](**settings), dtype=torch.float32)
+    config_class = {**FAMILY_CONFIGS, **MOE_FAMILY_CONFIGS}[family]
+    model = AutoModelForCausalLM.from_config(config_class(**settings), dtype=torch.float32)
     # Random init gives near-identical weights everywhere; widen the spread so rankings mean something.
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.uniform_(0.5, 1.5)
-            elif param.dim() == 2:
+            elif param.dim() in (2, 3):  # 3-D: the fused expert weights of mixture-of-experts layers
                 param.normal_(0, 0.2)
             else:
                 param.normal_(0, 0.05)
     return model.eval()
+
+
+def tiny_moe_model(family: str = "qwen3_moe", seed: int = 0, **overrides):
+    """A 4-layer mixture-of-experts model: 6 experts of width 32 per sparse layer, 2 routed per token."""
+    width_key = "intermediate_size" if family == "mixtral" else "moe_intermediate_size"
+    settings = {"num_local_experts": 6, "num_experts_per_tok": 2, width_key: 32}
+    if family == "qwen3_moe":
+        settings["norm_topk_prob"] = True
+    settings.update(overrides)
+    return tiny_model(family, seed=seed, **settings)
 
 
 def tiny_calibration(num_samples: int = 6, length: int = 24, padded: bool = False, seed: int = 1) -> CalibrationSet:

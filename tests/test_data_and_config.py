@@ -12,7 +12,7 @@ from hf_minitron.data import iter_texts
 from hf_minitron.families import FAMILIES
 from hf_minitron.pruning.plan import compile_plan, match_parameter
 
-from helpers import FAMILY_CONFIGS, SHARED_DATA, tiny_model
+from helpers import FAMILY_CONFIGS, MOE_FAMILY_CONFIGS, SHARED_DATA, tiny_model, tiny_moe_model
 
 
 class CharTokenizer:
@@ -118,14 +118,20 @@ def test_unsupported_family_names_the_supported_ones():
         family_for(GPT2Config())
 
 
-@pytest.mark.parametrize("family", list(FAMILY_CONFIGS))
+@pytest.mark.parametrize("family", [*FAMILY_CONFIGS, *MOE_FAMILY_CONFIGS])
 def test_family_plans_cover_every_parameter(family):
-    model = tiny_model(
-        family, tie_word_embeddings=False, **({"attention_bias": True, "mlp_bias": True} if family == "llama" else {})
-    )
+    if family in MOE_FAMILY_CONFIGS:  # Qwen3-MoE with one dense layer: both kinds of MLP in one model
+        extra = {"mlp_only_layers": [1]} if family == "qwen3_moe" else {}
+        model = tiny_moe_model(family, tie_word_embeddings=False, **extra)
+    else:
+        model = tiny_model(
+            family,
+            tie_word_embeddings=False,
+            **({"attention_bias": True, "mlp_bias": True} if family == "llama" else {}),
+        )
     plan = compile_plan(family_for(model))
     for name, param in model.named_parameters():
         axes, _ = match_parameter(plan, name)
         assert len(axes) == param.dim(), name
-    assert {f.name for f in FAMILIES} == {"Llama", "Mistral", "Qwen2", "Qwen3"}
+    assert {f.name for f in FAMILIES} == {"Llama", "Mistral", "Qwen2", "Qwen3", "Qwen3-MoE", "Mixtral"}
     assert torch.is_tensor(next(model.parameters()))

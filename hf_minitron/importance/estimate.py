@@ -16,6 +16,7 @@ from ..evaluation.tasks import load_task
 from ..families import family_for, get_module
 from ..layers import decoder_layers
 from ..loading import describe_source
+from ..moe import expert_count, expert_width
 from ..shapes import config_head_dim
 from .aggregation import (
     FusedReductions,
@@ -26,6 +27,7 @@ from .aggregation import (
     token_magnitudes,
 )
 from .depth import measure_block_accuracy, measure_block_lm_loss
+from .experts import ExpertRecorder
 from .scores import ImportanceScores
 
 
@@ -89,9 +91,12 @@ class _ActivationRecorder:
         for index, layer in enumerate(decoder_layers(self.model)):
             self._handles += [
                 get_module(layer, family.head_activation_input).register_forward_pre_hook(self._head_hook(index)),
-                get_module(layer, family.neuron_activation_input).register_forward_pre_hook(self._neuron_hook(index)),
                 layer.register_forward_hook(self._block_hook(index), with_kwargs=True),
             ]
+            # A sparse (mixture-of-experts) layer has no dense MLP: its neurons are scored per expert.
+            if _has_module(layer, family.neuron_activation_input):
+                down_proj = get_module(layer, family.neuron_activation_input)
+                self._handles.append(down_proj.register_forward_pre_hook(self._neuron_hook(index)))
             for slot, norm in enumerate(family.channel_norms):
                 self._handles.append(get_module(layer, norm).register_forward_hook(self._channel_hook(index, slot)))
         return self
@@ -126,6 +131,20 @@ class _ActivationRecorder:
             self._add_cosine(index, before, after)
 
         return hook
+
+
+def _has_module(root, path: str) -> bool:
+    try:
+        get_module(root, path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _neuron_scores(recorder: _ActivationRecorder, how: str, width: int) -> torch.Tensor:
+    """[layers, MLP size]; a layer without a dense MLP scores zero (nothing there to prune)."""
+    rows = [acc.result(how) if acc.sums is not None else torch.zeros(width) for acc in recorder.neurons]
+    return torch.stack(rows)
 
 
 def use_fused_reductions(device: torch.device) -> bool:
@@ -205,11 +224,13 @@ def estimate_importance(
     decoder = get_module(model, family_for(model).decoder)
     device = input_device(model)
     recorder = _ActivationRecorder(model, seq_aggregation, fused=use_fused_reductions(device)).attach()
+    expert_recorder = ExpertRecorder(model).attach()
     batches = calibration_data.batches(batch_size)
     total = math.ceil(len(calibration_data) / batch_size)
     try:
         for batch in tqdm(batches, total=total, desc="importance", disable=not progress):
             recorder.set_mask(batch["attention_mask"])
+            expert_recorder.set_mask(batch["attention_mask"])
             # The decoder alone: importance needs no logits, so the LM head is skipped.
             decoder(
                 input_ids=batch["input_ids"].to(device),
@@ -218,6 +239,7 @@ def estimate_importance(
             )
     finally:
         recorder.detach()
+        expert_recorder.detach()
 
     base_loss, block_losses = measure_block_lm_loss(model, calibration_data, sizes, batch_size, progress)
     base_accuracy, block_accuracy = measure_block_accuracy(model, tokenizer, docs, accuracy_sizes, progress=progress)
@@ -227,7 +249,8 @@ def estimate_importance(
     config = model.config
     return ImportanceScores(
         heads=torch.stack([acc.result(batch_aggregation) for acc in recorder.heads]),
-        neurons=torch.stack([acc.result(batch_aggregation) for acc in recorder.neurons]),
+        neurons=_neuron_scores(recorder, batch_aggregation, config.intermediate_size),
+        **(expert_recorder.result() if expert_recorder.active else {}),
         channels_per_layer=channels,
         block_importance=recorder.block_importance(),
         block_lm_loss=block_losses,
@@ -249,6 +272,11 @@ def estimate_importance(
                 "intermediate_size": config.intermediate_size,
                 "num_attention_heads": config.num_attention_heads,
                 "num_key_value_heads": config.num_key_value_heads,
+                **(
+                    {"num_experts": expert_count(model), "expert_width": expert_width(model)}
+                    if expert_recorder.active
+                    else {}
+                ),
             },
         },
     )

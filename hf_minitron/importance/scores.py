@@ -11,12 +11,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import MinitronError
+from ..moe import expert_count, expert_width
 from ..outputs import write_text_atomically
 
 TENSORS_FILE = "importance.safetensors"
 METADATA_FILE = "importance.json"
 PLOT_FILE = "importance.png"
 BLOCK_PLOT_FILE = "block_removal.png"
+EXPERT_FIELDS = ("expert_saliency", "expert_frequency", "expert_neurons")
 
 
 @dataclass
@@ -30,6 +32,11 @@ class ImportanceScores:
     block_importance   [layers]                1 − mean cos(layer input, layer output)
     block_lm_loss      {k: [layers − k + 1]}   LM loss with layers i..i+k−1 skipped
     block_accuracy     {k: [layers − k + 1]}   downstream task accuracy with layers i..i+k−1 skipped
+
+    Mixture-of-experts models only (None otherwise; dense layers' rows are zero):
+    expert_saliency    [layers, experts]         mean gate weight × ||expert output|| over routed tokens
+    expert_frequency   [layers, experts]         share of tokens routed to each expert
+    expert_neurons     [layers, experts, width]  mean |activation| of each expert's intermediate channels
     """
 
     heads: torch.Tensor
@@ -41,6 +48,9 @@ class ImportanceScores:
     block_accuracy: dict[int, torch.Tensor] = field(default_factory=dict)
     base_accuracy: float | None = None
     metadata: dict = field(default_factory=dict)
+    expert_saliency: torch.Tensor | None = None
+    expert_frequency: torch.Tensor | None = None
+    expert_neurons: torch.Tensor | None = None
 
     @property
     def channels(self) -> torch.Tensor:
@@ -59,6 +69,9 @@ class ImportanceScores:
             "MLP size": (self.neurons.shape[1], config.intermediate_size),
             "hidden size": (self.channels_per_layer.shape[1], config.hidden_size),
         }
+        if self.expert_neurons is not None:
+            expected["experts"] = (self.expert_neurons.shape[1], expert_count(model))
+            expected["expert width"] = (self.expert_neurons.shape[2], expert_width(model))
         wrong = [f"{k}: scores {a}, model {b}" for k, (a, b) in expected.items() if a != b]
         if wrong:
             raise MinitronError(
@@ -78,6 +91,7 @@ class ImportanceScores:
             "block_importance": self.block_importance,
             **{f"block_lm_loss.{k}": v for k, v in self.block_lm_loss.items()},
             **{f"block_accuracy.{k}": v for k, v in self.block_accuracy.items()},
+            **{name: getattr(self, name) for name in EXPERT_FIELDS if getattr(self, name) is not None},
         }
         temporary = directory / f".{TENSORS_FILE}.partial"
         save_file({k: v.contiguous().float().cpu() for k, v in tensors.items()}, str(temporary))
@@ -118,6 +132,7 @@ class ImportanceScores:
             block_accuracy=blocks("block_accuracy"),
             base_accuracy=base_accuracy,
             metadata=meta,
+            **{name: tensors.get(name) for name in EXPERT_FIELDS},
         )
 
     def plot(self, path: str | os.PathLike) -> Path:

@@ -14,6 +14,8 @@ from ..settings import settings_from_dict
 LAYER_SELECTIONS = ("block_importance", "lm_loss", "downstream", "explicit")
 CONFIG_NAME = "pruning_config.json"
 WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+EXPERT_TARGETS = ("num_experts", "moe_intermediate_size")
+EXPERT_SELECTIONS = ("saliency", "frequency")
 
 
 @dataclass
@@ -36,6 +38,14 @@ class PruningConfig:
             accuracy highest (needs scores with ``downstream_task`` and ``block_accuracy_sizes``);
             ``explicit``: exactly ``layers_to_drop``.
         layers_to_drop: 0-based layer indices for ``explicit`` selection.
+    Mixture of experts (Qwen3-MoE, Mixtral):
+        num_experts: experts kept in every sparse layer (at least ``num_experts_per_tok``); the
+            least important go, with their router rows, so top-k routing runs over the survivors.
+        moe_intermediate_size: intermediate neurons kept in every expert (each expert keeps its own
+            best ones). For Mixtral this is the config's ``intermediate_size``, which there is the
+            expert width.
+        expert_selection: which experts go — ``saliency`` (REAP: mean gate weight × expert output
+            norm over the tokens routed to the expert) or ``frequency`` (how often it is routed to).
     Options:
         head_residual_merge: when query heads are cut from L to K per group, fold pruned heads
             into kept ones as in Minitron: head_i ← 2·head_i − head_{2K−i+1}, applied to each
@@ -50,9 +60,12 @@ class PruningConfig:
     layer_selection: str = "block_importance"
     layers_to_drop: list[int] | None = None
     head_residual_merge: bool = False
+    num_experts: int | None = None
+    moe_intermediate_size: int | None = None
+    expert_selection: str = "saliency"
 
     def __post_init__(self) -> None:
-        for name in (*WIDTH_TARGETS, "num_hidden_layers"):
+        for name in (*WIDTH_TARGETS, *EXPERT_TARGETS, "num_hidden_layers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise MinitronError(f"PruningConfig.{name} must be a positive integer, got {value!r}")
@@ -71,6 +84,11 @@ class PruningConfig:
             raise MinitronError(
                 "layer_selection 'explicit' needs layers_to_drop",
                 fix="list the 0-based indices of the layers to remove",
+            )
+        if self.expert_selection not in EXPERT_SELECTIONS:
+            raise MinitronError(
+                f"Unknown expert_selection '{self.expert_selection}'",
+                f"the choices are {', '.join(EXPERT_SELECTIONS)}",
             )
         if not isinstance(self.head_residual_merge, bool):
             raise MinitronError(f"head_residual_merge must be true or false, got {self.head_residual_merge!r}")

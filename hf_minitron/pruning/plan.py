@@ -12,6 +12,7 @@ from ..families import HEADS, HIDDEN, KV_HEADS, MLP, ModelFamily, family_for
 from ..importance.scores import ImportanceScores
 from ..shapes import config_head_dim
 from .config import PruningConfig
+from .experts import choose_experts, expert_problems, expert_targets
 
 
 def compile_plan(family: ModelFamily) -> list[tuple[re.Pattern, tuple]]:
@@ -42,9 +43,14 @@ class PruningPlan:
     targets: dict[str, int] = field(default_factory=dict)
     # original layer → (kept head, pruned head it absorbs) pairs for the residual merge
     head_merges: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    # Mixture of experts: original layer → kept experts, and → kept neurons of each kept expert
+    # [kept experts, width]. Sliced by pruning.experts, one index per expert.
+    experts: dict[int, torch.Tensor] | None = None
+    expert_neurons: dict[int, torch.Tensor] | None = None
 
     def keep(self, axis: str):
-        return {HIDDEN: self.hidden, HEADS: self.heads, KV_HEADS: self.kv_heads, MLP: self.neurons}[axis]
+        """Indices the generic slicing routine applies; the expert axes (None here) are sliced elsewhere."""
+        return {HIDDEN: self.hidden, HEADS: self.heads, KV_HEADS: self.kv_heads, MLP: self.neurons}.get(axis)
 
 
 def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -209,6 +215,9 @@ def check_pruning_config(
         scores.check_matches(model)
     source, target = _targets(model, config)
     problems = _validate(source, target, config, scores, need_scores)
+    problems += expert_problems(model, config, scores, need_scores)
+    expert_source, expert_target = expert_targets(model, config)
+    source, target = {**source, **expert_source}, {**target, **expert_target}
     if problems:
         raise MinitronError(
             "Cannot prune to these targets: " + "; ".join(problems),
@@ -243,4 +252,5 @@ def build_plan(model, config: PruningConfig, scores: ImportanceScores | None) ->
                 plan.head_merges[i] = merges
         if target["num_key_value_heads"] == source["num_key_value_heads"]:
             plan.kv_heads = None
+    plan.experts, plan.expert_neurons = choose_experts(model, config, scores, keep_layers)
     return plan

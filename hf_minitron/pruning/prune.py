@@ -9,6 +9,7 @@ from ..layers import keep_only_layers
 from ..loading import describe_source
 from ..shapes import model_shape
 from .config import PruningConfig
+from .experts import dense_layer_indices, refresh_expert_sizes, slice_experts, update_expert_config
 from .plan import build_plan
 from .slicing import merge_pruned_heads, refresh_cached_sizes, slice_parameters
 
@@ -29,14 +30,20 @@ def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = 
     before = model_shape(model)
     head_dim = plan.targets["head_dim"]
     dropped = [i for i in range(before.num_hidden_layers) if i not in plan.keep_layers]
+    dense_layers = dense_layer_indices(model)
     with torch.no_grad():
         merge_pruned_heads(model, plan, head_dim)
         keep_only_layers(model, plan.keep_layers)
+        slice_experts(model, plan.keep_layers, plan.experts, plan.expert_neurons)
         slice_parameters(model, plan, head_dim)
     refresh_cached_sizes(model, plan.targets)
+    refresh_expert_sizes(model)
     cfg = model.config
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
         setattr(cfg, key, plan.targets[key])
+    update_expert_config(
+        model, plan.targets, plan.keep_layers, dense_layers
+    )  # after: Mixtral's width is intermediate_size
     cfg.head_dim = head_dim  # hidden may shrink while heads keep their width: say so explicitly
     after = model_shape(model)
     previous = getattr(cfg, RECORD_KEY, None)
@@ -52,6 +59,9 @@ def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = 
             "head_residual_merge": bool(plan.head_merges),
             # Which teacher channel each student channel is: lets distillation start its projection exactly.
             "kept_hidden_channels": plan.hidden.tolist() if plan.hidden is not None else None,
+            # Original layer → the experts it kept (original numbering), for mixture-of-experts models.
+            "kept_experts": {str(i): kept.tolist() for i, kept in plan.experts.items()} if plan.experts else None,
+            "expert_selection": config.expert_selection if plan.experts else None,
             "importance": {
                 k: scores.metadata.get(k)
                 for k in ("data", "batch_aggregation", "seq_aggregation", "num_samples", "seq_len")

@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 
 from ..families import family_for, get_module
 from .losses import DenseTeacher, intermediate_state_loss, logit_loss_from_teacher
+from .router import router_loss, wants_router_loss
 from .sparse import SparseTeacher
 
 EMBEDDINGS = -1  # the "layer" index of the embedding output
@@ -64,6 +65,7 @@ class DistillationOutput(ModelOutput):
     logit_loss: torch.Tensor | None = None
     intermediate_loss: torch.Tensor | None = None
     alpha: float | None = None
+    router_loss: torch.Tensor | None = None  # mixture-of-experts students whose config asks for it
 
 
 def full_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -132,11 +134,15 @@ def _distillation_forward(self, original_forward, *args, distillation=None, **kw
     is_student = isinstance(distillation, StudentRequest)
     layers = tuple(s for _, s in distillation.layer_pairs) if is_student else distillation.layers
     captured, handles = _capture_states(self, layers) if layers else ({}, [])
+    balance = is_student and wants_router_loss(self)
+    if balance:
+        kwargs["output_router_logits"] = True
     try:
-        hidden = getattr(self, self.base_model_prefix)(*args, **kwargs).last_hidden_state
+        base_outputs = getattr(self, self.base_model_prefix)(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
+    hidden = base_outputs.last_hidden_state
     states = _post_norm(self, captured)
     weight = full_weight(self.get_output_embeddings().weight)
     if not is_student:
@@ -146,7 +152,15 @@ def _distillation_forward(self, original_forward, *args, distillation=None, **kw
         return TeacherOutputs(
             hidden=hidden.detach(), states={k: v.detach() for k, v in states.items()}, head_weight=head
         )
-    return _student_loss(self, distillation, hidden, states, weight)
+    result = _student_loss(self, distillation, hidden, states, weight)
+    if balance:
+        result.router_loss = router_loss(self, base_outputs, kwargs.get("attention_mask"))
+        # The logit loss is already divided by the whole step's token count; weighting this micro-batch's
+        # balance loss by its share of those tokens makes accumulated steps add up to one token-weighted mean.
+        scored = (distillation.labels[:, 1:] != -100).sum().to(result.loss.device)
+        share = scored / torch.as_tensor(distillation.num_items, device=result.loss.device).clamp(min=1)
+        result.loss = result.loss + share * result.router_loss.to(result.loss.device)
+    return result
 
 
 def _student_loss(model, request: StudentRequest, hidden, states, weight) -> DistillationOutput:

@@ -271,6 +271,8 @@ class DistillationTrainer(CachedTeacherMixin, SFTTrainer):
             if mode == "train":
                 self._step_sums[0] += float(outputs.logit_loss.detach())
                 self._step_sums[1] += float(outputs.intermediate_loss.detach())
+        if outputs.router_loss is not None:
+            metrics["router"].append(float(outputs.router_loss.detach()))
         loss_value = float(outputs.loss.detach())
         if not torch.isfinite(torch.tensor(loss_value)):
             NonFiniteLossCallback.fail(self.args, self.state, {"loss": loss_value, **stats})

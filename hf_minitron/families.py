@@ -188,6 +188,14 @@ def get_module(root, path: str):
     return module
 
 
+def find_module(root, path: str):
+    """Like ``get_module``, but None when the path is absent (a sparse MoE layer has no dense ``mlp.down_proj``)."""
+    try:
+        return get_module(root, path)
+    except AttributeError:
+        return None
+
+
 def set_module(root, path: str, value) -> None:
     parent_path, _, leaf = path.rpartition(".")
     setattr(get_module(root, parent_path) if parent_path else root, leaf, value)

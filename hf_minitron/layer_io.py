@@ -19,7 +19,7 @@ import torch
 
 from .data import CalibrationSet
 from .evaluation.perplexity import input_device
-from .families import family_for, get_module
+from .families import family_for, find_module, get_module
 from .layers import decoder_layers
 
 
@@ -114,8 +114,10 @@ def run_layer(model, layer, hidden: torch.Tensor, kwargs: dict, stop_after_atten
     handles = [
         get_module(layer, family.head_activation_input).register_forward_pre_hook(attention_output),
         get_module(layer, family.residual_after_attention_reader).register_forward_pre_hook(mid),
-        get_module(layer, family.neuron_activation_input).register_forward_pre_hook(mlp_output),
     ]
+    dense_output = find_module(layer, family.neuron_activation_input)  # None in a sparse MoE layer
+    if dense_output is not None:
+        handles.append(dense_output.register_forward_pre_hook(mlp_output))
     device = next(layer.parameters()).device
     try:
         output = layer(hidden.to(device), **kwargs)

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_minitron import ImportanceScores, MinitronError, PruningConfig, estimate_importance, prune_model
 from hf_minitron.moe import sparse_layers
+from hf_minitron.reconstruction import ReconstructionConfig, reconstruct_model
 
 from helpers import MOE_FAMILY_CONFIGS, logits, tiny_calibration, tiny_model, tiny_moe_model
 
@@ -174,3 +175,20 @@ def test_expert_pruning_needs_expert_scores():
         prune_model(model, PruningConfig(num_experts=4), None)
     with pytest.raises(MinitronError, match="expert_selection"):
         PruningConfig(num_experts=4, expert_selection="random")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reconstruction_refits_attention_everywhere_and_only_dense_mlps(family):
+    teacher = moe_model(family)
+    calibration = tiny_calibration(num_samples=8, length=24)
+    config = PruningConfig(hidden_size=36, num_attention_heads=3, num_key_value_heads=1, num_experts=4)
+    student = prune_model(copy.deepcopy(teacher), config, scores_of(teacher))
+    report = reconstruct_model(student, teacher, calibration, config=ReconstructionConfig(damping=0.01), progress=False)
+    layers = [fit for fit in report["layers"] if fit["layer"] != "final_norm"]
+    assert all("attention" in fit for fit in layers) and len(layers) == 4
+    dense = [fit["layer"] for fit in layers if "mlp" in fit]
+    assert dense == ([1] if family == "qwen3_moe" else [])
+    for fit in layers:
+        for part in ("attention", "mlp"):
+            if part in fit:
+                assert fit[part]["error_after"] <= fit[part]["error_before"] + 1e-9

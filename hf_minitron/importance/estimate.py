@@ -13,7 +13,7 @@ from ..data import CalibrationSet, build_calibration_set
 from ..errors import MinitronError
 from ..evaluation.perplexity import input_device
 from ..evaluation.tasks import load_task
-from ..families import family_for, get_module
+from ..families import family_for, find_module, get_module
 from ..layers import decoder_layers
 from ..loading import describe_source
 from ..moe import expert_count, expert_width
@@ -94,8 +94,8 @@ class _ActivationRecorder:
                 layer.register_forward_hook(self._block_hook(index), with_kwargs=True),
             ]
             # A sparse (mixture-of-experts) layer has no dense MLP: its neurons are scored per expert.
-            if _has_module(layer, family.neuron_activation_input):
-                down_proj = get_module(layer, family.neuron_activation_input)
+            down_proj = find_module(layer, family.neuron_activation_input)
+            if down_proj is not None:
                 self._handles.append(down_proj.register_forward_pre_hook(self._neuron_hook(index)))
             for slot, norm in enumerate(family.channel_norms):
                 self._handles.append(get_module(layer, norm).register_forward_hook(self._channel_hook(index, slot)))
@@ -131,14 +131,6 @@ class _ActivationRecorder:
             self._add_cosine(index, before, after)
 
         return hook
-
-
-def _has_module(root, path: str) -> bool:
-    try:
-        get_module(root, path)
-    except AttributeError:
-        return False
-    return True
 
 
 def _neuron_scores(recorder: _ActivationRecorder, how: str, width: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import CalibrationSet, build_calibration_set
 from ..errors import MinitronError
-from ..families import family_for
+from ..families import family_for, find_module
 from ..layer_io import record_calibration_batches, run_layer
 from ..layers import decoder_layers
 from ..pruning.prune import RECORD_KEY
@@ -160,7 +160,9 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
                 continue  # inside a dropped span: the pending layer's MLP waits for the span's end
             index, walk.pending = walk.pending, None
             span = t > walk.kept[index]
-            if config.mlp_output and (config.layers == "all" or index in walk.changed or span):
+            # A sparse MoE layer mixes routed experts: there is no single output projection to re-fit.
+            dense = find_module(walk.layer(index), family_for(walk.model).neuron_activation_input) is not None
+            if dense and config.mlp_output and (config.layers == "all" or index in walk.changed or span):
                 fit = walk.fits[-1]
                 as_map = span and config.span_method == "linear_map"
                 fit["mlp"] = fit_mlp_output(walk, index, batches, teacher_stream, config.damping, as_map)

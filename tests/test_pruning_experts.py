@@ -14,7 +14,7 @@ from hf_minitron import ImportanceScores, MinitronError, PruningConfig, estimate
 from hf_minitron.moe import sparse_layers
 from hf_minitron.reconstruction import ReconstructionConfig, reconstruct_model
 
-from helpers import MOE_FAMILY_CONFIGS, logits, tiny_calibration, tiny_model, tiny_moe_model
+from helpers import MOE_FAMILY_CONFIGS, char_tokenizer, logits, tiny_calibration, tiny_model, tiny_moe_model
 
 FAMILIES = list(MOE_FAMILY_CONFIGS)
 UNUSED = [4, 5]
@@ -192,3 +192,20 @@ def test_reconstruction_refits_attention_everywhere_and_only_dense_mlps(family):
         for part in ("attention", "mlp"):
             if part in fit:
                 assert fit[part]["error_after"] <= fit[part]["error_before"] + 1e-9
+
+
+def test_prune_command_cuts_experts_from_flags(tmp_path):
+    from hf_minitron.cli import main
+
+    moe_model("qwen3_moe").save_pretrained(tmp_path / "model")
+    char_tokenizer().save_pretrained(tmp_path / "model")
+    (tmp_path / "text.txt").write_text("Sphinx of black quartz, judge my vow. " * 60)
+    argv = ["prune", "--model", tmp_path / "model", "--data", tmp_path / "text.txt", "--num-samples", 6]
+    argv += ["--seq-len", 32, "--batch-size", 3, "--num-experts", 4, "--moe-intermediate-size", 16]
+    argv += ["--expert-selection", "frequency", "--output", tmp_path / "pruned"]
+    assert main([str(a) for a in argv]) == 0
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert (pruned.config.num_experts, pruned.config.moe_intermediate_size) == (4, 16)
+    assert pruned.config.minitron_pruning["expert_selection"] == "frequency"
+    saved = PruningConfig.from_pretrained(tmp_path / "pruned")
+    assert (saved.num_experts, saved.moe_intermediate_size, saved.expert_selection) == (4, 16, "frequency")

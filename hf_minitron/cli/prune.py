@@ -11,6 +11,7 @@ from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
 from ..outputs import claim_output
 from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
+from ..pruning.config import EXPERT_SELECTIONS
 from ..pruning.plan import needed_block_measurement
 from ..reconstruction import ReconstructionConfig, reconstruct_model
 from ..reconstruction.config import LAYER_CHOICES, SPAN_METHODS
@@ -18,7 +19,15 @@ from ..shapes import comparison_table, model_shape
 from .common import add_data_args, add_model_args, add_output_args, require
 from .importance import add_importance_args, compute_scores
 
-_TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+_TARGETS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "num_experts",  # mixture-of-experts models: experts kept per sparse layer
+    "moe_intermediate_size",  # and neurons kept per expert
+)
 
 
 def register(subparsers):
@@ -30,6 +39,12 @@ def register(subparsers):
     targets.add_argument("--layer-selection", choices=LAYER_SELECTIONS, default="block_importance")
     targets.add_argument("--layers-to-drop", type=int, nargs="+", default=None, help="0-based layers (explicit)")
     targets.add_argument("--head-residual-merge", action="store_true", help="fold pruned heads into kept ones")
+    targets.add_argument(
+        "--expert-selection",
+        choices=EXPERT_SELECTIONS,
+        default="saliency",
+        help="how --num-experts chooses: router weight x expert output norm (saliency) or routing frequency",
+    )
     targets.add_argument("--pruning-config", default=None, help="a pruning_config.json instead of target flags")
     targets.add_argument(
         "--student", default=None, help="with a pipeline recipe as --config: the student to prune (if it has several)"
@@ -92,13 +107,15 @@ def pruning_config_from_args(args) -> PruningConfig:
         raise MinitronError(
             "No pruning target was given",
             fix="pass at least one of --hidden-size, --intermediate-size, --num-attention-heads, "
-            "--num-key-value-heads, --num-hidden-layers, --layers-to-drop, or --pruning-config",
+            "--num-key-value-heads, --num-hidden-layers, --num-experts, --moe-intermediate-size, --layers-to-drop, "
+            "or --pruning-config",
         )
     return PruningConfig(
         **{name: getattr(args, name) for name in _TARGETS},
         layer_selection=args.layer_selection if args.layers_to_drop is None else "explicit",
         layers_to_drop=args.layers_to_drop,
         head_residual_merge=args.head_residual_merge,
+        expert_selection=args.expert_selection,
     )
 
 

@@ -69,7 +69,15 @@ def _pick_student(recipe: Recipe, student: str | None, candidates, what: str) ->
     )
 
 
-_TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+_TARGETS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "num_experts",
+    "moe_intermediate_size",
+)
 
 
 def prune_options(recipe: Recipe, student: str | None) -> tuple[dict, dict]:
@@ -91,6 +99,7 @@ def prune_options(recipe: Recipe, student: str | None) -> tuple[dict, dict]:
         "layer_selection": targets.layer_selection,
         "layers_to_drop": targets.layers_to_drop,
         "head_residual_merge": targets.head_residual_merge,
+        "expert_selection": targets.expert_selection,
     }
     settings = {"recipe_student": name}
     reconstruction = recipe.reconstruction

@@ -209,3 +209,33 @@ def test_prune_command_cuts_experts_from_flags(tmp_path):
     assert pruned.config.minitron_pruning["expert_selection"] == "frequency"
     saved = PruningConfig.from_pretrained(tmp_path / "pruned")
     assert (saved.num_experts, saved.moe_intermediate_size, saved.expert_selection) == (4, 16, "frequency")
+
+
+@torch.no_grad()
+def test_saliency_equals_gate_weight_times_output_norm_from_the_models_own_experts():
+    model = moe_model("mixtral")
+    calibration = tiny_calibration(num_samples=3)
+    scores = estimate_importance(model, calibration_data=calibration, batch_size=3, progress=False)
+    layer = model.model.layers[2]
+    seen = {}
+    handle = layer.mlp.register_forward_pre_hook(lambda module, args: seen.update(hidden=args[0]))
+    model(**next(iter(calibration.batches(3))))
+    handle.remove()
+    hidden = seen["hidden"].reshape(-1, model.config.hidden_size)
+    _, weights, chosen = layer.mlp.gate(hidden)
+    for expert in range(6):
+        # The experts module itself, with every other routing slot weighted zero: gate weight × expert output.
+        alone = layer.mlp.experts(hidden, chosen, torch.where(chosen == expert, weights, torch.zeros_like(weights)))
+        routed = (chosen == expert).any(-1)
+        expected = alone[routed].norm(dim=-1).mean() if routed.any() else torch.tensor(0.0)
+        assert scores.expert_saliency[2, expert] == pytest.approx(float(expected), rel=1e-4)
+        assert scores.expert_frequency[2, expert] == pytest.approx(float(routed.float().mean()))
+
+
+def test_padding_never_counts_for_experts():
+    model = moe_model("qwen3_moe")
+    padded = tiny_calibration(padded=True)
+    one_by_one = estimate_importance(model, calibration_data=padded, batch_size=1, progress=False)
+    batched = estimate_importance(model, calibration_data=padded, batch_size=3, progress=False)
+    for name in ("expert_saliency", "expert_frequency", "expert_neurons"):
+        torch.testing.assert_close(getattr(batched, name), getattr(one_by_one, name), rtol=1e-4, atol=1e-6)

@@ -74,6 +74,15 @@ _EXPERTS_PLAN = {
     "model.layers.*.mlp.experts.down_proj": (EXPERTS, HIDDEN, EXPERT_MLP),
 }
 
+# Qwen2-MoE adds an always-on shared expert (a gated dense MLP of its own width) to each sparse layer.
+# Only the hidden axis runs through it: its width has no importance scores and is kept whole.
+_SHARED_EXPERT_PLAN = {
+    "model.layers.*.mlp.shared_expert.gate_proj.weight": (None, HIDDEN),
+    "model.layers.*.mlp.shared_expert.up_proj.weight": (None, HIDDEN),
+    "model.layers.*.mlp.shared_expert.down_proj.weight": (HIDDEN, None),
+    "model.layers.*.mlp.shared_expert_gate.weight": (None, HIDDEN),
+}
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -140,6 +149,15 @@ FAMILIES: tuple[ModelFamily, ...] = (
         model_types=("qwen3",),
         pruning_plan={**_DECODER_PLAN, **_QK_NORM_PLAN},
         notes="per-head q_norm / k_norm over head_dim",
+    ),
+    ModelFamily(
+        name="Qwen2-MoE",
+        model_types=("qwen2_moe",),
+        pruning_plan={**_DECODER_PLAN, **_EXPERTS_PLAN, **_SHARED_EXPERT_PLAN},
+        notes="Qwen2 attention; sparse layers add a sigmoid-gated shared expert (shared_expert_intermediate_size, "
+        "kept whole) to the routed ones; mlp_only_layers / decoder_sparse_step as in Qwen3-MoE",
+        expert_count_key="num_experts",
+        expert_width_key="moe_intermediate_size",
     ),
     ModelFamily(
         name="Qwen3-MoE",

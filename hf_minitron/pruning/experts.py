@@ -80,7 +80,8 @@ def choose_experts(model, config: PruningConfig, scores: ImportanceScores | None
     source, target = expert_targets(model, config)
     if not source:
         return None, None
-    sparse = [i for i in keep_layers if i in sparse_layers(model)]
+    all_sparse = sparse_layers(model)
+    sparse = [i for i in keep_layers if i in all_sparse]
     experts = neurons = None
     if target["num_experts"] < source["num_experts"]:
         ranking = scores.expert_saliency if config.expert_selection == "saliency" else scores.expert_frequency

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from .errors import MinitronError
 
 HIDDEN = "hidden"
@@ -83,6 +85,13 @@ _SHARED_EXPERT_PLAN = {
     "model.layers.*.mlp.shared_expert_gate.weight": (None, HIDDEN),
 }
 
+# Gemma 3 wraps each block in "sandwich" norms: besides the Llama pair it normalises the attention
+# and MLP outputs before they join the residual stream, and normalises the stream before the MLP.
+_SANDWICH_NORM_PLAN = {
+    "model.layers.*.pre_feedforward_layernorm.weight": (HIDDEN,),
+    "model.layers.*.post_feedforward_layernorm.weight": (HIDDEN,),
+}
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -118,6 +127,13 @@ class ModelFamily:
     expert_width_key: str | None = None
     moe_router: str = "mlp.gate"
     moe_experts: str = "mlp.experts"
+    # Gemma's RMSNorm multiplies by (1 + weight): the stored weight is the gain minus this offset.
+    norm_weight_offset: float = 0.0
+    # The embedding output is multiplied by sqrt(config.hidden_size), recomputed from the config on load.
+    embeddings_scaled_by_width: bool = False
+    # Norms applied to the attention / MLP output before the residual add (None: the output is added as is).
+    attention_output_norm: str | None = None
+    mlp_output_norm: str | None = None
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
@@ -176,7 +192,31 @@ FAMILIES: tuple[ModelFamily, ...] = (
         expert_count_key="num_local_experts",
         expert_width_key="intermediate_size",
     ),
+    ModelFamily(
+        name="Gemma3",
+        model_types=("gemma3_text",),
+        pruning_plan={**_DECODER_PLAN, **_QK_NORM_PLAN, **_SANDWICH_NORM_PLAN},
+        notes=(
+            "text-only Gemma 3 (270M, 1B); sandwich norms with (1 + weight) gains; embeddings scaled by "
+            "sqrt(hidden_size); head_dim independent of the width; sliding / full attention per layer_types"
+        ),
+        residual_after_attention_reader="pre_feedforward_layernorm",
+        channel_norms=("input_layernorm", "pre_feedforward_layernorm"),
+        norm_weight_offset=1.0,
+        embeddings_scaled_by_width=True,
+        attention_output_norm="post_attention_layernorm",
+        mlp_output_norm="post_feedforward_layernorm",
+    ),
 )
+
+# Types a user may well try that need another route than "add a row".
+_REDIRECTS = {
+    "gemma3": (
+        "this is a multimodal Gemma 3 checkpoint (vision tower + language model)",
+        "prune a text-only Gemma 3 (gemma-3-270m, gemma-3-1b: model_type gemma3_text), or save the language "
+        "model of this one on its own (Gemma3ForCausalLM with its text_config) and prune that",
+    ),
+}
 
 
 def supported_model_types() -> list[str]:
@@ -190,6 +230,9 @@ def family_for(model_or_config) -> ModelFamily:
     for family in FAMILIES:
         if model_type in family.model_types:
             return family
+    if model_type in _REDIRECTS:
+        why, fix = _REDIRECTS[model_type]
+        raise MinitronError(f"Model type '{model_type}' is not supported: {why}", fix=fix)
     names = ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)
     raise MinitronError(
         f"Model type '{model_type}' is not supported",
@@ -217,3 +260,21 @@ def find_module(root, path: str):
 def set_module(root, path: str, value) -> None:
     parent_path, _, leaf = path.rpartition(".")
     setattr(get_module(root, parent_path) if parent_path else root, leaf, value)
+
+
+def norm_gain(norm, family: ModelFamily) -> torch.Tensor:
+    """The per-channel factor a norm multiplies by, whatever its storage convention (fp32)."""
+    return norm.weight.float() + family.norm_weight_offset
+
+
+@torch.no_grad()
+def scale_norm_gain_(norm, factor, family: ModelFamily) -> None:
+    """Multiply a norm's effective gain by ``factor`` (a number or per-channel tensor), in place."""
+    gain = norm_gain(norm, family) * factor
+    norm.weight.copy_((gain - family.norm_weight_offset).to(norm.weight.dtype))
+
+
+def final_logit_softcap(model) -> float | None:
+    """The cap Gemma-style heads put on logits (cap · tanh(logits / cap)), or None."""
+    config = getattr(model, "config", model)
+    return getattr(config, "final_logit_softcapping", None)

@@ -19,13 +19,16 @@ def _head_device(head) -> torch.device:
 
 
 @torch.no_grad()
-def chunked_nll(hidden, targets, head, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_nll(
+    hidden, targets, head, chunk_size: int = 2048, softcap: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed negative log-likelihood of its scored targets (float64) and how many were scored.
 
     ``hidden`` [rows, positions, width] holds the states that predict ``targets`` [rows, positions]
     (already shifted: position t's state predicts ``targets[:, t]``); ``IGNORE_INDEX`` targets are left
     out. ``head`` is the LM head module or its weight matrix [vocab, width]. Logits are computed in fp32
-    whatever the model dtype. Both results are on the head's device.
+    whatever the model dtype. ``softcap``: the model caps its logits as softcap · tanh(logits / softcap)
+    (Gemma's ``final_logit_softcapping``), so the scores must too. Both results are on the head's device.
     """
     device = _head_device(head)
     targets = targets.to(device)
@@ -37,6 +40,8 @@ def chunked_nll(hidden, targets, head, chunk_size: int = 2048) -> tuple[torch.Te
     for start in range(0, len(wanted), chunk_size):
         chunk = states[start : start + chunk_size]
         logits = (chunk @ head.t() if torch.is_tensor(head) else head(chunk)).float()
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap).mul_(softcap)
         losses = F.cross_entropy(logits, wanted[start : start + chunk_size], reduction="none")
         sums.index_add_(0, rows[start : start + chunk_size], losses.double())
     return sums, scored.sum(1)

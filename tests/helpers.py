@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
@@ -24,6 +25,7 @@ FAMILY_CONFIGS = {
     "mistral": MistralConfig,
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
+    "gemma3": Gemma3TextConfig,
 }
 MOE_FAMILY_CONFIGS = {"qwen3_moe": Qwen3MoeConfig, "mixtral": MixtralConfig, "qwen2_moe": Qwen2MoeConfig}
 VOCAB = 96
@@ -42,6 +44,8 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
         max_position_embeddings=128,
         tie_word_embeddings=True,
     )
+    if family == "gemma3":
+        settings.update(_gemma3_settings(overrides.get("num_hidden_layers", settings["num_hidden_layers"])))
     settings.update(overrides)
     torch.manual_seed(seed)
     config_class = {**FAMILY_CONFIGS, **MOE_FAMILY_CONFIGS}[family]
@@ -70,6 +74,14 @@ def tiny_moe_model(family: str = "qwen3_moe", seed: int = 0, **overrides):
         settings["shared_expert_intermediate_size"] = 40
     settings.update(overrides)
     return tiny_model(family, seed=seed, **settings)
+
+
+def _gemma3_settings(num_layers: int) -> dict:
+    """Gemma 3 specifics at tiny scale: a window shorter than the test sequences, so sliding and full
+    layers really differ, every third layer full (the real models use every sixth), and the attention
+    scale tied to head_dim as in the released models."""
+    layer_types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(num_layers)]
+    return dict(layer_types=layer_types, sliding_window=6, query_pre_attn_scalar=16)
 
 
 def tiny_calibration(num_samples: int = 6, length: int = 24, padded: bool = False, seed: int = 1) -> CalibrationSet:

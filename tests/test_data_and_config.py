@@ -114,7 +114,7 @@ def test_pruning_config_rejects_unknown_keys(tmp_path):
 
 
 def test_unsupported_family_names_the_supported_ones():
-    with pytest.raises(MinitronError, match=r"'gpt2' is not supported.*Llama.*Mistral.*Qwen2.*Qwen3"):
+    with pytest.raises(MinitronError, match=r"'gpt2' is not supported.*Llama.*Mistral.*Qwen2.*Qwen3.*Gemma3"):
         family_for(GPT2Config())
 
 
@@ -133,5 +133,14 @@ def test_family_plans_cover_every_parameter(family):
     for name, param in model.named_parameters():
         axes, _ = match_parameter(plan, name)
         assert len(axes) == param.dim(), name
-    assert {f.name for f in FAMILIES} == {"Llama", "Mistral", "Qwen2", "Qwen3", "Qwen2-MoE", "Qwen3-MoE", "Mixtral"}
+    assert {f.name for f in FAMILIES} == {
+        "Llama",
+        "Mistral",
+        "Qwen2",
+        "Qwen3",
+        "Qwen2-MoE",
+        "Qwen3-MoE",
+        "Mixtral",
+        "Gemma3",
+    }
     assert torch.is_tensor(next(model.parameters()))

@@ -99,8 +99,9 @@ def test_keeping_everything_is_identity(family, input_ids):
     assert torch.equal(logits(model, input_ids), before)
 
 
-def test_neuron_pruning_equals_zeroing_them_in_the_original(input_ids):
-    model = tiny_model("llama")
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_neuron_pruning_equals_zeroing_them_in_the_original(family, input_ids):
+    model = tiny_model(family)
     scores = estimate_importance(model, calibration_data=tiny_calibration(), batch_size=4, progress=False)
     reference = copy.deepcopy(model)
     pruned = prune_model(model, PruningConfig(intermediate_size=50), scores)
@@ -113,8 +114,9 @@ def test_neuron_pruning_equals_zeroing_them_in_the_original(input_ids):
     torch.testing.assert_close(logits(pruned, input_ids), logits(reference, input_ids), rtol=1e-5, atol=1e-5)
 
 
-def test_head_pruning_is_even_per_group_and_equals_zeroing_heads(input_ids):
-    model = tiny_model("llama")
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_head_pruning_is_even_per_group_and_equals_zeroing_heads(family, input_ids):
+    model = tiny_model(family)
     scores = estimate_importance(model, calibration_data=tiny_calibration(), batch_size=4, progress=False)
     reference = copy.deepcopy(model)
     pruned = prune_model(model, PruningConfig(num_attention_heads=4), scores)  # 3 → 2 heads in each of 2 groups

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.utils import ModelOutput
 
-from ..families import family_for, get_module
+from ..errors import MinitronError
+from ..families import family_for, final_logit_softcap, get_module
 from .losses import DenseTeacher, intermediate_state_loss, logit_loss_from_teacher
 from .router import router_loss, wants_router_loss
 from .sparse import SparseTeacher
@@ -231,5 +232,15 @@ def enable_distillation_forward(model) -> None:
     forward = getattr(model, "forward", None)
     if getattr(forward, "__func__", None) is _forward_with_distillation:
         return
+    cap = final_logit_softcap(model)
+    if cap is not None:
+        # The logit losses form logits from hidden states × LM head with hand-written gradients, which
+        # know nothing of a tanh cap: training would follow different logits from the model's own.
+        raise MinitronError(
+            f"This model caps its logits (final_logit_softcapping={cap}), which distillation does not reproduce",
+            "the chunked logit losses compute raw logits from the final hidden states",
+            "set config.final_logit_softcapping = None on the teacher and the student if the cap is inactive in "
+            "practice, or distil a model without it (Gemma 3 checkpoints ship without one)",
+        )
     model._minitron_original_forward = forward
     model.forward = types.MethodType(_forward_with_distillation, model)

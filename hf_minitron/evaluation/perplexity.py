@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data import iter_texts
 from ..errors import MinitronError
-from ..families import family_for, get_module
+from ..families import family_for, final_logit_softcap, get_module
 from ..nll import IGNORE_INDEX, chunked_nll
 
 
@@ -56,7 +56,7 @@ def logprobs_from_hidden(
         valid &= score_mask.to(device)[:, 1:].bool()
     targets = input_ids[:, 1:].masked_fill(~valid, IGNORE_INDEX)
     lm_head = get_module(model, family_for(model).lm_head)
-    nll, counts = chunked_nll(hidden[:, :-1], targets, lm_head, chunk_size)
+    nll, counts = chunked_nll(hidden[:, :-1], targets, lm_head, chunk_size, final_logit_softcap(model))
     return -nll.cpu(), counts.cpu()
 
 

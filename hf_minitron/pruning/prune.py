@@ -9,6 +9,7 @@ from ..layers import keep_only_layers
 from ..loading import describe_source
 from ..shapes import model_shape
 from .config import PruningConfig
+from .embedding_scale import fold_embedding_scale
 from .experts import dense_layer_indices, refresh_expert_sizes, slice_experts, update_expert_config
 from .plan import build_plan
 from .slicing import merge_pruned_heads, refresh_cached_sizes, slice_parameters
@@ -36,6 +37,7 @@ def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = 
         keep_only_layers(model, plan.keep_layers)
         slice_experts(model, plan.keep_layers, plan.experts, plan.expert_neurons)
         slice_parameters(model, plan, head_dim)
+        fold_embedding_scale(model, before.hidden_size, plan.targets["hidden_size"])
     refresh_cached_sizes(model, plan.targets)
     refresh_expert_sizes(model)
     cfg = model.config

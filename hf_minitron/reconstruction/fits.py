@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..families import family_for, get_module
+from ..families import family_for, get_module, norm_gain, scale_norm_gain_
 from ..layer_io import CalibrationBatch, run_layer
 from ..layers import decoder_layers
 from .least_squares import LeastSquares
@@ -63,17 +63,34 @@ def _problem(linear: torch.nn.Linear, inputs: int | None = None) -> LeastSquares
     return LeastSquares(size, linear.out_features, linear.bias is not None, linear.weight.device)
 
 
+def _before_output_norm(family, layer, norm_name: str | None, wanted: torch.Tensor) -> torch.Tensor:
+    """The target for a projection whose output ``produced`` passes the norm ``norm_name`` before the residual add.
+
+    Without such a norm the projection must produce ``wanted`` itself. With one (Gemma's sandwich norms),
+    norm(z) = gain · z / rms(z) keeps only the direction of z, so the projection is asked for wanted / gain:
+    its direction is the one whose normalised output points along ``wanted``, and its size, proportional
+    to ``wanted``'s, weights every token as the residual-stream error does.
+    """
+    if norm_name is None:
+        return wanted
+    gain = norm_gain(get_module(layer, norm_name), family).to(wanted.device)
+    gain = torch.where(gain.abs() < 1e-3, torch.full_like(gain, 1e-3), gain)  # a dead channel stays bounded
+    return (wanted.float() / gain).to(wanted.dtype)
+
+
 def fit_attention_output(walk: StudentWalk, index: int, batches, teacher_mids, damping: float) -> dict:
     """Re-fit the attention output projection of student layer ``index`` on its kept heads' outputs, so
     that the residual stream after attention follows the teacher's (``teacher_mids``, per batch)."""
-    layer = walk.layer(index)
-    projection = get_module(layer, family_for(walk.model).head_activation_input)
+    layer, family = walk.layer(index), family_for(walk.model)
+    projection = get_module(layer, family.head_activation_input)
     problem = _problem(projection)
     for stream, mid, batch in zip(walk.stream, teacher_mids, batches, strict=True):
         kwargs = batch.layer_kwargs[walk.kept[index]]
         seen = run_layer(walk.model, layer, stream, kwargs, stop_after_attention=True)
         device = seen.mid.device
         target = walk.select(mid).to(device) - stream.to(device)
+        if family.attention_output_norm is not None:
+            target = _before_output_norm(family, layer, family.attention_output_norm, target)
         mask = batch.mask.to(device)
         problem.add(seen.attention_output_input[mask], target[mask])
     return _write(problem, projection, damping)
@@ -84,14 +101,19 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
     ``teacher_next`` (per batch: the teacher's stream entering the student's next layer, which is after
     any dropped span). ``as_map``: instead fit ReplaceMe's hidden × hidden map M (and offset c) on the MLP
     output m, ``M·m + c``, and fold it into the projection."""
-    layer = walk.layer(index)
-    down = get_module(layer, family_for(walk.model).neuron_activation_input)
+    layer, family = walk.layer(index), family_for(walk.model)
+    down = get_module(layer, family.neuron_activation_input)
     problem = _problem(down, down.out_features if as_map else None)
     for stream, target_stream, batch in zip(walk.stream, teacher_next, batches, strict=True):
         seen = run_layer(walk.model, layer, stream, batch.layer_kwargs[walk.kept[index]])
         device = seen.mid.device
         target = walk.select(target_stream).to(device) - seen.mid
-        inputs = seen.output - seen.mid if as_map else seen.mlp_output_input
+        produced = seen.output - seen.mid  # what the MLP adds to the stream
+        if family.mlp_output_norm is not None:
+            # The map and the projection act before the output norm: fit them on its input.
+            produced = down(seen.mlp_output_input)
+            target = _before_output_norm(family, layer, family.mlp_output_norm, target)
+        inputs = produced if as_map else seen.mlp_output_input
         mask = batch.mask.to(device)
         problem.add(inputs[mask], target[mask])
     if not as_map:
@@ -140,5 +162,5 @@ def fit_final_norm(walk: StudentWalk, teacher, teacher_stream, batches, damping:
         return float((s * s * energy - 2 * s * product + target_energy).sum() / target_energy.sum())
 
     before, after = error(torch.ones_like(scale)), error(scale)
-    norm.weight.mul_(scale.to(norm.weight.dtype))
+    scale_norm_gain_(norm, scale.to(device), family)
     return {"layer": "final_norm", "error_before": before, "error_after": after}

@@ -28,17 +28,21 @@ logger = logging.getLogger(__name__)
 
 LOGIT_LOSS_BACKENDS = ("auto", "chunked", "compiled", "liger")
 CPU_CHUNK_SIZE = 1024
+CPU_CHUNK_BYTES = 1 << 29  # 1024 rows at a 128k vocabulary, as before the budget existed
 _reported: set[str] = set()
 
 
 def auto_chunk_size(vocab_size: int, device: torch.device) -> int:
-    """Tokens per chunk when none is given: 1024 on the CPU; on an accelerator, the largest power of two
-    (256 … 8192) whose fp32 [chunk × vocab] buffer fits in 1 GiB (2048 at a 128k vocabulary), since
-    bigger chunks keep the GEMMs efficient and each chunk rewrites the fp32 LM-head gradient once."""
-    if device.type == "cpu":
-        return CPU_CHUNK_SIZE
-    rows = max(1, (1 << 30) // (4 * max(vocab_size, 1)))
-    return min(8192, max(256, 1 << (rows.bit_length() - 1)))
+    """Tokens per chunk when none is given: the largest power of two whose fp32 [chunk × vocab] buffer fits
+    the device's budget. On an accelerator 1 GiB, 256 … 8192 rows (2048 at a 128k vocabulary), since bigger
+    chunks keep the GEMMs efficient and each chunk rewrites the fp32 LM-head gradient once. On the CPU
+    512 MiB, at most 1024 rows: a 262k vocabulary (Gemma 3) gets 512 rows, so each of a chunk's few fp32
+    buffers stays the size a 128k vocabulary has at 1024 rows instead of doubling."""
+    cpu = device.type == "cpu"
+    budget = CPU_CHUNK_BYTES if cpu else 1 << 30
+    rows = max(1, budget // (4 * max(vocab_size, 1)))
+    largest = 1 << (rows.bit_length() - 1)
+    return min(CPU_CHUNK_SIZE, max(64, largest)) if cpu else min(8192, max(256, largest))
 
 
 def auto_backend(device: torch.device) -> str:

@@ -8,6 +8,7 @@ softcapping, and the 262k vocabulary in the distillation loss.
 
 import copy
 import dataclasses
+import json
 
 import datasets
 import pytest
@@ -66,6 +67,7 @@ def test_hidden_pruning_keeps_the_embedding_multiplier_of_the_original_width(tie
 )
 def test_depth_pruning_keeps_each_layer_its_own_attention_type(drop, kept_types, tmp_path, input_ids):
     model = tiny_model("gemma3", num_hidden_layers=6)
+    model.config.sliding_window_pattern = 3  # as Hub configs still carry it: true of the full model only
     assert model.config.layer_types == [SLIDING, SLIDING, FULL] * 2
     prune_model(model, PruningConfig(layers_to_drop=drop))
     assert model.config.layer_types == kept_types
@@ -74,6 +76,8 @@ def test_depth_pruning_keeps_each_layer_its_own_attention_type(drop, kept_types,
     save_pruned_model(model, tmp_path / "deep")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "deep").eval()
     assert reloaded.config.layer_types == kept_types
+    saved = json.loads((tmp_path / "deep" / "config.json").read_text())
+    assert not {"sliding_window_pattern", "_sliding_window_pattern"} & set(saved)  # it would describe other layers
     assert [layer.self_attn.is_sliding for layer in reloaded.model.layers] == [t == SLIDING for t in kept_types]
     assert torch.equal(logits(reloaded, input_ids), expected)
 

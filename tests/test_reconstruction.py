@@ -84,9 +84,10 @@ def test_width_reconstruction_lowers_every_fitted_error_and_the_divergence(famil
     assert summary["tokens"] == calibration.num_tokens and summary["mlp_fits"] == 4
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.parametrize("span_method", ["refit", "linear_map"])
-def test_depth_reconstruction_bridges_the_dropped_span(span_method):
-    teacher = tiny_model("llama", num_hidden_layers=6)
+def test_depth_reconstruction_bridges_the_dropped_span(span_method, family):
+    teacher = tiny_model(family, num_hidden_layers=6)
     calibration = tiny_calibration(num_samples=16, length=24)
     pruned = prune_model(copy.deepcopy(teacher), PruningConfig(layers_to_drop=[2, 3]))
     student = copy.deepcopy(pruned)

@@ -64,17 +64,19 @@ def _problem(linear: torch.nn.Linear, inputs: int | None = None) -> LeastSquares
 
 
 def _before_output_norm(family, layer, norm_name: str | None, wanted: torch.Tensor) -> torch.Tensor:
-    """The target for a projection whose output ``produced`` passes the norm ``norm_name`` before the residual add.
+    """The target for a projection whose output passes the norm ``norm_name`` before the residual add.
 
-    Without such a norm the projection must produce ``wanted`` itself. With one (Gemma's sandwich norms),
-    norm(z) = gain · z / rms(z) keeps only the direction of z, so the projection is asked for wanted / gain:
-    its direction is the one whose normalised output points along ``wanted``, and its size, proportional
-    to ``wanted``'s, weights every token as the residual-stream error does.
+    ``wanted`` is what the residual add should receive; without such a norm the projection must produce
+    it. With one (Gemma's sandwich norms), norm(z) = gain · z / rms(z) keeps only the direction of z, so
+    the projection is asked for wanted / gain: its direction is the one whose normalised output points
+    along ``wanted``, and its size, proportional to ``wanted``'s, weights every token as the
+    residual-stream error does.
     """
     if norm_name is None:
         return wanted
     gain = norm_gain(get_module(layer, norm_name), family).to(wanted.device)
-    gain = torch.where(gain.abs() < 1e-3, torch.full_like(gain, 1e-3), gain)  # a dead channel stays bounded
+    tiny = torch.full_like(gain, 1e-3).copysign(gain)
+    gain = torch.where(gain.abs() < 1e-3, tiny, gain)  # a near-dead channel keeps a bounded target
     return (wanted.float() / gain).to(wanted.dtype)
 
 

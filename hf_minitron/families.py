@@ -278,3 +278,8 @@ def final_logit_softcap(model) -> float | None:
     """The cap Gemma-style heads put on logits (cap · tanh(logits / cap)), or None."""
     config = getattr(model, "config", model)
     return getattr(config, "final_logit_softcapping", None)
+
+
+def cap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``logits`` as a model with ``final_logit_softcapping = cap`` outputs them (unchanged when None)."""
+    return logits if cap is None else torch.tanh(logits / cap) * cap

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .families import cap_logits
+
 IGNORE_INDEX = -100  # a target that is not scored (padding, prompt tokens), as in transformers' labels
 
 
@@ -40,8 +42,7 @@ def chunked_nll(
     for start in range(0, len(wanted), chunk_size):
         chunk = states[start : start + chunk_size]
         logits = (chunk @ head.t() if torch.is_tensor(head) else head(chunk)).float()
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap).mul_(softcap)
+        logits = cap_logits(logits, softcap)
         losses = F.cross_entropy(logits, wanted[start : start + chunk_size], reduction="none")
         sums.index_add_(0, rows[start : start + chunk_size], losses.double())
     return sums, scored.sum(1)

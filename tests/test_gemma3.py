@@ -218,3 +218,20 @@ def test_the_final_norm_refit_scales_gemma_gains_not_their_stored_offsets():
         theirs = teacher(**batch, output_hidden_states=True).hidden_states[-1][mask][:, kept]
     error = float((ours - theirs).pow(2).sum() / theirs.pow(2).sum())
     assert error == pytest.approx(fit["error_after"], rel=1e-4)
+
+
+def test_a_teacher_logit_cache_holds_the_capped_distribution(tmp_path):
+    """Cached top-k targets come from the head's output: with a cap, it must be applied there too. Capped
+    logits lie within ±cap, so every token's log-probability is within 2·cap of any other's."""
+    from hf_minitron.distillation_data.logit_cache import TeacherLogitCache, cache_teacher_logits
+
+    texts = datasets.Dataset.from_dict({"text": [f"Line {i}: some words to score." for i in range(4)]})
+    args = DistillationConfig(output_dir=str(tmp_path / "run"), report_to=[], max_length=32)
+    spreads = {}
+    for cap in (2.0, None):
+        teacher = tiny_model("gemma3", final_logit_softcapping=cap)
+        folder = tmp_path / f"cache-{cap}"
+        cache_teacher_logits(teacher, texts, folder, args, tokenizer=char_tokenizer(), top_k=96, progress=False)
+        cached, _ = TeacherLogitCache(folder).targets(list(range(len(texts))))
+        spreads[cap] = float((cached.logprobs.max(-1).values - cached.logprobs.min(-1).values).max())
+    assert spreads[2.0] <= 4.0 + 1e-2 < spreads[None]

@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import MinitronError
+from ..families import cap_logits, final_logit_softcap
 from ..fingerprints import row_fingerprint, tokenizer_fingerprint
 from ..loading import describe_source
 from ..outputs import atomic_output_dir, check_output_dir
@@ -109,6 +110,7 @@ def cache_teacher_logits(
     k = min(top_k, vocab)
     device = next(teacher.parameters()).device
     head = teacher.get_output_embeddings()
+    cap = final_logit_softcap(teacher)  # the head's raw output is not yet what the model predicts
     body = getattr(teacher, teacher.base_model_prefix)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     start = time.time()
@@ -128,7 +130,9 @@ def cache_teacher_logits(
                 scored = torch.tensor(labels[1:]) != -100  # position t predicts token t + 1
                 states = hidden[i, : len(ids) - 1][scored.to(device)]
                 parts = [
-                    topk_with_tail(head(states[c : c + 1024]), k, args.temperature, VALUE_DTYPES[values_dtype])
+                    topk_with_tail(
+                        cap_logits(head(states[c : c + 1024]), cap), k, args.temperature, VALUE_DTYPES[values_dtype]
+                    )
                     for c in range(0, states.shape[0], 1024)
                 ]
                 buffer.add(parts, VALUE_DTYPES[values_dtype], k)

@@ -14,7 +14,7 @@ from helpers import save_tiny, tiny_calibration, tiny_model
 GRID = dict(layers=[3, 4], heads=[3, 4, 6], mlp=[40, 64, 80], hidden=[24, 30, 36, 48])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_candidates_satisfy_every_constraint_and_the_budget(family):
     model = tiny_model(family)
     scores = estimate_importance(model, calibration_data=tiny_calibration(), progress=False)

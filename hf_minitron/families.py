@@ -165,6 +165,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
         model_types=("qwen3",),
         pruning_plan={**_DECODER_PLAN, **_QK_NORM_PLAN},
         notes="per-head q_norm / k_norm over head_dim",
+        gguf_architecture="qwen3",  # sizes come from the metadata, so any pruned head_dim loads
     ),
     ModelFamily(
         name="Qwen2-MoE",

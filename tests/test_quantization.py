@@ -11,7 +11,7 @@ from hf_minitron.quantization import available_schemes, export_gguf, quantize_mo
 from hf_minitron.quantization.weights import folder_bytes
 from hf_minitron.shapes import config_head_dim
 
-from helpers import char_tokenizer, tiny_calibration, tiny_model
+from helpers import char_tokenizer, tiny_calibration, tiny_model, tiny_moe_model
 
 IDS = torch.randint(3, 90, (2, 20), generator=torch.Generator().manual_seed(0))
 
@@ -67,8 +67,8 @@ def test_tied_embeddings_are_written_once(tmp_path):
 
 
 def test_gguf_bad_input(tmp_path):
-    with pytest.raises(MinitronError, match="supports llama, mistral, qwen2 models, not qwen3"):
-        export_gguf(tiny_model("qwen3"), tmp_path / "m.gguf", include_tokenizer=False)
+    with pytest.raises(MinitronError, match="supports llama, mistral, qwen2, qwen3 models, not mixtral"):
+        export_gguf(tiny_moe_model("mixtral"), tmp_path / "m.gguf", include_tokenizer=False)
     with pytest.raises(MinitronError, match="is not one of"):
         export_gguf(tiny_model(), tmp_path / "m.gguf", "Q3_K")
     with pytest.raises(MinitronError, match=r"should end in \.gguf"):

@@ -22,6 +22,11 @@ def register(subparsers):
     gguf.add_argument("--output", "-o", default=None, help="the .gguf file to write (required)")
     gguf.add_argument("--no-tokenizer", dest="include_tokenizer", action="store_false")
     gguf.add_argument("--overwrite", action="store_true")
+    gguf.add_argument(
+        "--pre-tokenizer",
+        default=None,
+        help="llama.cpp pre-tokenizer name for a BPE tokenizer not recognised automatically (e.g. llama-bpe)",
+    )
     gguf.add_argument("--config", default=None, help="YAML file whose keys set any of these options")
     gguf.set_defaults(run=run_export_gguf)
     return {"quantize": quantize, "export-gguf": gguf}
@@ -37,7 +42,12 @@ def run_quantize(args) -> None:
 def run_export_gguf(args) -> None:
     require(args, "output")
     path = export_gguf(
-        args.model_dir, args.output, args.gguf_type, include_tokenizer=args.include_tokenizer, overwrite=args.overwrite
+        args.model_dir,
+        args.output,
+        args.gguf_type,
+        include_tokenizer=args.include_tokenizer,
+        overwrite=args.overwrite,
+        pre_tokenizer=args.pre_tokenizer,
     )
     print(
         f"Wrote {path} ({path.stat().st_size} bytes, {args.gguf_type}); "

@@ -3,14 +3,14 @@
 Metadata gives every dimension explicitly — ``rope.dimension_count`` and the attention key/value
 lengths carry a head_dim that no longer equals hidden / heads after width pruning — and a tied
 LM head is simply not written (llama.cpp and transformers then reuse ``token_embd``). For the
-llama architecture the q/k rows are reordered to llama.cpp's rotary layout, the inverse of what
-loaders undo. 2-D weights are quantized to the chosen type when their rows divide into its
-blocks; norms, biases and rows that do not divide stay in F32 (F16 for the row-size fallback).
+llama architecture the q/k rows (and biases) are reordered to llama.cpp's rotary layout, the inverse
+of what loaders undo; a width-pruned Qwen2 whose heads × head_dim ≠ hidden is written as llama.
+2-D weights are quantized to the chosen type when their rows divide into its blocks; norms, biases
+and rows that do not divide stay in F32 (F16 for the row-size fallback).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from ..errors import MinitronError
 from ..families import FAMILIES, family_for
 from ..loading import load_model_and_tokenizer
 from ..outputs import check_output_file
+from .gguf_tokenizer import write_tokenizer
 
 GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
 
@@ -32,37 +33,19 @@ def _permute_for_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def _tokenizer_metadata(writer, tokenizer) -> None:
-    """Byte-level BPE vocabulary, merges and special ids (the "gpt2" tokenizer model of llama.cpp)."""
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = state["model"]
-    if model.get("type") != "BPE":
-        raise MinitronError(
-            f"GGUF export writes byte-level BPE tokenizers; this one is {model.get('type')}",
-            fix="export without the tokenizer (include_tokenizer=False / --no-tokenizer) and pair it yourself",
-        )
-    vocab = tokenizer.get_vocab()
-    size = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    for token, index in vocab.items():
-        tokens[index] = token
-    special = set(tokenizer.all_special_ids) | {t["id"] for t in state.get("added_tokens", []) if t.get("special")}
-    types = [3 if i in special else 1 for i in range(size)]  # 3 = control, 1 = normal
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for name, add in (
-        ("bos_token_id", writer.add_bos_token_id),
-        ("eos_token_id", writer.add_eos_token_id),
-        ("pad_token_id", writer.add_pad_token_id),
-    ):
-        if getattr(tokenizer, name, None) is not None:
-            add(getattr(tokenizer, name))
-    if getattr(tokenizer, "chat_template", None):
-        writer.add_chat_template(tokenizer.chat_template)
+def gguf_architecture(family, config) -> tuple[str, bool]:
+    """(llama.cpp architecture, whether q/k rows are permuted for its rotary layout) for this model.
+
+    llama.cpp's qwen2 architecture assumes the query projection is hidden × hidden, which width pruning can
+    break (heads × head_dim ≠ hidden). Its llama architecture reads every size from the metadata and accepts
+    optional q/k/v biases, so such a Qwen2 is written as llama, with the rotary permutation that implies.
+    """
+    arch, permute = family.gguf_architecture, family.gguf_rotary_permute
+    heads, hidden = config.num_attention_heads, config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    if arch == "qwen2" and heads * head_dim != hidden:
+        return "llama", True
+    return arch, permute
 
 
 def _encode(array: np.ndarray, qtype_name: str):
@@ -88,8 +71,13 @@ def export_gguf(
     tokenizer=None,
     include_tokenizer: bool = True,
     overwrite: bool = False,
+    pre_tokenizer: str | None = None,
 ) -> Path:
-    """Write ``model_or_path`` (a model, or anything ``load_model`` accepts) as one GGUF file."""
+    """Write ``model_or_path`` (a model, or anything ``load_model`` accepts) as one GGUF file.
+
+    ``pre_tokenizer`` names llama.cpp's splitting rules for a BPE tokenizer whose probe hash is not known
+    here (see pretokenizers.py); by default it is detected and an unknown tokenizer is refused.
+    """
     import gguf
 
     if quantization not in GGUF_TYPES:
@@ -113,8 +101,8 @@ def export_gguf(
         )
     if include_tokenizer and tokenizer is None:
         raise MinitronError("GGUF export needs the tokenizer", fix="pass tokenizer=..., or include_tokenizer=False")
-    arch, permute = family.gguf_architecture, family.gguf_rotary_permute
     config = model.config
+    arch, permute = gguf_architecture(family, config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     temporary = output.with_name(f".{output.name}.partial")
@@ -137,7 +125,7 @@ def export_gguf(
         file_type = "ALL_F32" if quantization == "F32" else f"MOSTLY_{quantization}"
         writer.add_file_type(gguf.LlamaFileType[file_type])
         if include_tokenizer:
-            _tokenizer_metadata(writer, tokenizer)
+            write_tokenizer(writer, tokenizer, pre_tokenizer)
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.num_hidden_layers)
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
         for name, tensor in model.state_dict().items():
@@ -147,9 +135,10 @@ def export_gguf(
             if target is None:
                 raise MinitronError(f"No GGUF name for tensor '{name}'")
             array = tensor.detach().to(torch.float32).cpu().numpy()
-            if permute and name.endswith("q_proj.weight"):
+            # Biases follow their rows: a q/k bias is permuted like the weight it is added to.
+            if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
                 array = _permute_for_rotary(array, config.num_attention_heads)
-            elif permute and name.endswith("k_proj.weight"):
+            elif permute and name.endswith(("k_proj.weight", "k_proj.bias")):
                 array = _permute_for_rotary(array, kv_heads)
             data, qtype = _encode(array, quantization)
             # Plain float arrays carry their own type; quantized bytes need it said (the writer infers the shape).

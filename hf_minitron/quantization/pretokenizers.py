@@ -35,8 +35,11 @@ KNOWN_PRE_TOKENIZERS = {
     "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM / SmolLM2
     "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2 / Qwen2.5 / Qwen3
     "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3 embedding-style variant
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral NeMo (byte-level BPE)
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # GPT-2 itself
 }
+# Mistral 7B and Llama-2 use SentencePiece tokenizers: llama.cpp's converter hashes none of those (they are
+# read through its SentencePiece vocabulary with no pre-tokenizer), and this exporter refuses them.
 
 
 def probe_hash(tokenizer) -> str:

@@ -10,7 +10,12 @@ import pytest
 
 from hf_minitron import PruningConfig, prune_model
 from hf_minitron.quantization import export_gguf
-from hf_minitron.quantization.llama_cpp_check import logit_agreement, probe_texts, tokenization_mismatches
+from hf_minitron.quantization.llama_cpp_check import (
+    logit_agreement,
+    probe_texts,
+    tokenization_mismatches,
+    with_smollm2_pre_tokenizer,
+)
 
 from helpers import tiny_model
 
@@ -41,10 +46,11 @@ def teacher_files(smollm2, tmp_path_factory):
 
 
 def test_token_ids_match_transformers_on_every_probe(smollm2, teacher_files):
-    _, tokenizer = smollm2
-    texts = probe_texts(chat_text(tokenizer))
+    reference = with_smollm2_pre_tokenizer(smollm2[1])
+    texts = probe_texts(chat_text(reference))
     assert len(texts) >= 200
-    assert tokenization_mismatches(tokenizer, teacher_files["Q8_0"], texts) == []
+    for path in teacher_files.values():
+        assert tokenization_mismatches(reference, path, texts) == []
 
 
 @pytest.mark.parametrize("kind, least_top1", [("F32", 0.99), ("F16", 0.99), ("Q8_0", 0.95)])

@@ -8,6 +8,7 @@ llama-cpp-python is optional and builds llama.cpp from source; it is imported on
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 
@@ -55,6 +56,23 @@ def probe_texts(chat_template_text: str = "") -> list[str]:
     if chat_template_text:
         texts.append(chat_template_text)
     return list(dict.fromkeys(texts))  # unique, in order
+
+
+def with_smollm2_pre_tokenizer(tokenizer):
+    """A copy of a SmolLM2 tokenizer rebuilt from a GGUF file, with SmolLM2's own splitting rules restored.
+
+    transformers rebuilds a GGUF tokenizer with the plain GPT-2 byte-level split and drops SmolLM2's first
+    step, which cuts every digit (and numeric character such as ½) into its own piece. The two agree on
+    most text (the probe hash is the same) but not on "  3" or " ½"; llama.cpp's "smollm" rules, like
+    SmolLM2's original tokenizer.json, do the digit split, so that is the reference to compare against.
+    """
+    from tokenizers import pre_tokenizers
+
+    restored = copy.deepcopy(tokenizer)
+    restored.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    return restored
 
 
 def _load(path, **options):

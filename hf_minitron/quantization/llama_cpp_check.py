@@ -108,13 +108,6 @@ class LogitAgreement:
     generations: int
 
 
-def _greedy(next_logits, prompt: list[int], steps: int) -> list[int]:
-    ids = list(prompt)
-    for _ in range(steps):
-        ids.append(int(np.argmax(next_logits(ids))))
-    return ids[len(prompt) :]
-
-
 def logit_agreement(model, tokenizer, path, prompts: list[str], generate: int = 24) -> LogitAgreement:
     """Compare next-token distributions position by position, then greedy continuations of each prompt."""
     encoded = [list(tokenizer(p).input_ids) for p in prompts]
@@ -130,6 +123,24 @@ def logit_agreement(model, tokenizer, path, prompts: list[str], generate: int = 
         with torch.no_grad():
             return model(torch.tensor([ids])).logits[0].double().numpy()
 
+    def llama_cpp_greedy(ids: list[int]) -> list[int]:
+        llama_cpp_logits(ids)  # fills the cache with the prompt; then one token at a time
+        generated = []
+        for _ in range(generate):
+            generated.append(int(np.argmax(runner.scores[runner.n_tokens - 1])))
+            runner.eval(generated[-1:])
+        return generated
+
+    def transformers_greedy(ids: list[int]) -> list[int]:
+        # A plain argmax loop over the KV cache: generate() would apply the model's generation config.
+        generated, inputs, past = [], torch.tensor([ids]), None
+        with torch.no_grad():
+            for _ in range(generate):
+                out = model(inputs, past_key_values=past, use_cache=True)
+                generated.append(int(out.logits[0, -1].argmax()))
+                inputs, past = torch.tensor([generated[-1:]]), out.past_key_values
+        return generated
+
     agree = total = identical = 0
     kl_sum = 0.0
     for ids in encoded:
@@ -140,7 +151,5 @@ def logit_agreement(model, tokenizer, path, prompts: list[str], generate: int = 
         kl_sum += float((log_p.exp() * (log_p - log_q)).sum())
         agree += int((reference.argmax(-1) == theirs.argmax(-1)).sum())
         total += len(ids)
-        ours_generated = _greedy(lambda x: transformers_logits(x)[-1], ids, generate)
-        theirs_generated = _greedy(lambda x: llama_cpp_logits(x)[-1], ids, generate)
-        identical += ours_generated == theirs_generated
+        identical += transformers_greedy(ids) == llama_cpp_greedy(ids)
     return LogitAgreement(total, agree / total, kl_sum / total, identical, len(encoded))

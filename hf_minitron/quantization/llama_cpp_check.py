@@ -136,9 +136,9 @@ def logit_agreement(model, tokenizer, path, prompts: list[str], generate: int = 
         generated, inputs, past = [], torch.tensor([ids]), None
         with torch.no_grad():
             for _ in range(generate):
-                out = model(inputs, past_key_values=past, use_cache=True)
+                out = model(inputs, cache=past, use_cache=True)
                 generated.append(int(out.logits[0, -1].argmax()))
-                inputs, past = torch.tensor([generated[-1:]]), out.past_key_values
+                inputs, past = torch.tensor([generated[-1:]]), out.cache
         return generated
 
     agree = total = identical = 0

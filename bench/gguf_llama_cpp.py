@@ -5,7 +5,9 @@ Q8_0; each file is loaded in llama.cpp and compared with the transformers model 
 token ids of every probe string, next-token top-1 agreement and mean KL per position, and whether
 greedy continuations are identical. Needs ``pip install llama-cpp-python`` (builds from source).
 
-    .venv/bin/python bench/llama_cpp.py [--generate 24]
+    .venv/bin/python bench/gguf_llama_cpp.py [--generate 24]
+
+(Not named llama_cpp.py: the script's folder comes first on the import path and would hide the package.)
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from pathlib import Path
 
 from hf_minitron import PruningConfig, builtin_teacher, estimate_importance, prune_model
 from hf_minitron.quantization import export_gguf
-from hf_minitron.quantization.llama_cpp_check import logit_agreement, probe_texts, tokenization_mismatches
+from hf_minitron.quantization.llama_cpp_check import (
+    logit_agreement,
+    probe_texts,
+    tokenization_mismatches,
+    with_smollm2_pre_tokenizer,
+)
 
 PROMPTS = [
     "The capital of France is",
@@ -36,6 +43,7 @@ def main() -> None:
     teacher, tokenizer = builtin_teacher()
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi there!"}], tokenize=False)
     texts = probe_texts(chat)
+    reference = with_smollm2_pre_tokenizer(tokenizer)  # SmolLM2's own rules; see the function's note
     scores = estimate_importance(
         teacher, tokenizer, "builtin:python-docs", num_samples=8, seq_len=128, batch_size=4, progress=False
     )
@@ -48,7 +56,7 @@ def main() -> None:
         for label, model in (("SmolLM2-135M teacher", teacher), ("width-pruned 432/768", student)):
             for kind in ("F32", "F16", "Q8_0"):
                 path = export_gguf(model, Path(folder) / f"{kind}.gguf", kind, tokenizer=tokenizer, overwrite=True)
-                mismatches = tokenization_mismatches(tokenizer, path, texts)
+                mismatches = tokenization_mismatches(reference, path, texts)
                 result = logit_agreement(model, tokenizer, path, [*PROMPTS, chat], generate=args.generate)
                 print(
                     f"| {label} | {kind} | {len(texts) - len(mismatches)}/{len(texts)} | {result.positions} "

@@ -28,7 +28,7 @@ from ..errors import MinitronError
 from ..fingerprints import fingerprint
 from ..outputs import atomic_output_dir, claim_work_dir, prepare_work_dir, write_text_atomically
 from ..redaction import redact
-from . import evaluate, quantized, records, reporting, stages
+from . import cards, evaluate, publishing, quantized, records, stages, summary
 from .recipe import Recipe, check_student_models, load_recipe
 
 RUN_FILE = "run.json"
@@ -61,10 +61,10 @@ ALL_STAGES = (
         "model_card",
         "models",
         ("importance", "prune", "distill", "align", "evaluate", "quantize"),
-        reporting.model_card,
+        cards.model_card,
         True,
     ),
-    Stage("publish", "publish", ("model_card",), reporting.publish, True),
+    Stage("publish", "publish", ("model_card",), publishing.publish, True),
 )
 STAGE_NAMES = tuple(stage.name for stage in ALL_STAGES)
 
@@ -160,7 +160,7 @@ def _run_stages(recipe: Recipe, plan: list[Stage], output: Path, from_stage: str
         seconds = round(time.time() - began, 1)
         digests[stage.name] = records.write_stage(folder, fingerprints[stage.name], seconds, results[stage.name])
         print(f"{label}: done in {seconds} s", file=sys.stderr)
-    table, data = reporting.summary(run, results)
+    table, data = summary.summary(run, results)
     data["seconds"] = round(time.time() - start, 1)
     data["stages"] = [stage.name for stage in plan]
     data = redact(data)

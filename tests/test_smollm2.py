@@ -62,21 +62,28 @@ def test_students_reload_and_generate(
 
 @pytest.mark.slow
 def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
-    """The README's main job on the real teacher, with 4 distillation steps per student."""
+    """The README's main job on the real teacher, with 4 distillation steps per student, and half the
+    calibration and held-out tokens (the full demo is measured in the README, not here)."""
     import time
 
     from hf_minitron.cli.demo import demo_recipe
     from hf_minitron.pipeline import run_recipe
 
     start = time.time()
-    result = run_recipe(demo_recipe(), tmp_path / "demo", budget=0.1)
+    recipe = demo_recipe()
+    recipe.calibration.num_samples //= 2
+    recipe.evaluate.max_tokens //= 2
+    recipe.evaluate.throughput = False
+    result = run_recipe(recipe, tmp_path / "demo", budget=0.1)
     seconds = time.time() - start
     ppl = {name: entry["perplexity"]["perplexity"] for name, entry in result["results"].items()}
     for student in ("width", "depth"):
-        # Pruned to ~3/4 and re-fitted by least squares, before any training: within 2× of the teacher
-        # on held-out text; a few gentle steps of distillation do not undo the re-fit.
-        assert ppl["teacher"] < ppl[f"{student} pruned"] < 2 * ppl["teacher"]
-        assert ppl["teacher"] < ppl[f"{student} distilled"] < 1.05 * ppl[f"{student} pruned"]
+        # Pruned to ~7/8 and re-fitted by least squares, before any training: within 1.5× of the teacher
+        # on held-out text. Four steps at the schedule's peak rate move a student this close to the
+        # teacher a little either way (the full demo's 40 steps end below the re-fit); they must not
+        # undo the re-fit.
+        assert ppl["teacher"] < ppl[f"{student} pruned"] < 1.5 * ppl["teacher"]
+        assert ppl["teacher"] < ppl[f"{student} distilled"] < 1.15 * ppl[f"{student} pruned"]
         assert result["distillation_tokens"][student] == 4 * 4 * 128
     models = sorted(p.name for p in (tmp_path / "demo" / "models").iterdir() if p.is_dir())
     assert models == ["SmolLM2-Minitron-Demo-Depth-Base", "SmolLM2-Minitron-Demo-Width-Base"]

@@ -1,0 +1,170 @@
+"""General knowledge kept: which everyday facts a pruned student still completes as its teacher does.
+
+Held-out perplexity on one corpus says little about what pruning takes away elsewhere: a student can
+score well on Python documentation and have forgotten that Paris is the capital of France. This
+bench gives the built-in SmolLM2-135M-Instruct teacher short factual prompts ("The capital of Japan
+is"), keeps those whose greedy 8-token continuation holds the expected word, and counts how many of
+them each student still answers the same way, beside its perplexity on held-out documentation.
+
+Students: each shape of ``--shapes``, pruned with activation importance from the calibration text,
+then left as pruned or re-fitted by least squares (``--variants``, ReconstructionConfig settings).
+No distillation: this is what pruning and the re-fit alone keep.
+
+    .venv/bin/python bench/knowledge.py                                  # docs calibration, as the demo
+    .venv/bin/python bench/knowledge.py --calibration mixed --shapes d25,d26
+
+Writes ``knowledge.md`` and ``results.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hf_minitron import (
+    CalibrationSet,
+    PruningConfig,
+    ReconstructionConfig,
+    build_calibration_set,
+    builtin_teacher,
+    estimate_importance,
+    prune_model,
+    reconstruct_models,
+)
+from hf_minitron.evaluation.perplexity import perplexity
+from hf_minitron.importance.depth import measure_block_lm_loss
+from hf_minitron.shapes import model_shape
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recovery import mixed_texts  # documentation topics interleaved with dolly pairs
+
+# (prompt, a word the right answer contains); prompts the teacher itself gets wrong are left out.
+FACTS = (
+    ("The capital of France is", "Paris"),
+    ("The capital of Japan is", "Tokyo"),
+    ("The capital of Italy is", "Rome"),
+    ("The capital of Germany is", "Berlin"),
+    ("The capital of Spain is", "Madrid"),
+    ("The largest planet in the solar system is", "Jupiter"),
+    ("Water boils at", "100"),
+    ("The chemical symbol for gold is", "Au"),
+    ("The first president of the United States was", "Washington"),
+    ("Romeo and Juliet was written by", "Shakespeare"),
+    ("The Mona Lisa was painted by", "Leonardo"),
+    ("The tallest mountain in the world is", "Everest"),
+    ("The largest ocean on Earth is the", "Pacific"),
+    ("The currency of Japan is the", "yen"),
+    ("The planet closest to the Sun is", "Mercury"),
+    ("The freezing point of water is", "0"),
+    ("The longest river in Africa is the", "Nile"),
+    ("Albert Einstein developed the theory of", "relativ"),
+    ("The opposite of hot is", "cold"),
+    ("A week has seven", "days"),
+)
+SHAPES = {
+    "width 540/1152": PruningConfig(hidden_size=540, intermediate_size=1152),
+    "width MLP 1280": PruningConfig(intermediate_size=1280),
+    "depth 23": PruningConfig(num_hidden_layers=23, layer_selection="lm_loss"),
+    "depth 26": PruningConfig(num_hidden_layers=26, layer_selection="lm_loss"),
+}
+VARIANTS = {
+    "pruned": None,
+    "re-fit": ReconstructionConfig(),
+    "re-fit (changed layers)": ReconstructionConfig(layers="changed"),
+}
+
+
+def answers(model, tokenizer, prompts) -> list[str]:
+    """Greedy 8-token continuations, one prompt at a time (no padding to get wrong)."""
+    texts = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :]))
+    return texts
+
+
+def facts_answered(model, tokenizer, facts) -> list[str]:
+    replies = answers(model, tokenizer, [prompt for prompt, _ in facts])
+    return [word for (_, word), reply in zip(facts, replies, strict=True) if word.lower() in reply.lower()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calibration", choices=("docs", "mixed"), default="docs")
+    parser.add_argument("--calibration-samples", type=int, default=32)
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
+    parser.add_argument("--out", default="bench/out/knowledge")
+    args = parser.parse_args()
+    shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
+    variants = {name: VARIANTS[name] for name in args.variants.split(",")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    start = time.time()
+
+    teacher, tokenizer = builtin_teacher()
+    known = [(p, w) for (p, w) in FACTS if w in facts_answered(teacher, tokenizer, [(p, w)])]
+
+    def held_out(model) -> float:
+        source = "builtin:python-docs-heldout"
+        return perplexity(model, tokenizer, source, seq_len=256, max_tokens=4096, progress=False).perplexity
+
+    results = {"calibration": args.calibration, "teacher": {"ppl_docs": held_out(teacher), "facts": len(known)}}
+    results["facts"] = [word for _, word in known]
+    print(f"teacher: {len(known)}/{len(FACTS)} facts, docs ppl {results['teacher']['ppl_docs']:.2f}", flush=True)
+
+    text = mixed_texts() if args.calibration == "mixed" else "builtin:python-docs"
+    calibration = build_calibration_set(text, tokenizer, num_samples=args.calibration_samples, seq_len=256)
+    scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
+    depths = sorted({30 - c.num_hidden_layers for c in shapes.values() if c.num_hidden_layers})
+    if depths:
+        subset = CalibrationSet(calibration.samples[:8], calibration.pad_token_id)
+        scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, depths, progress=False)
+    base = model_shape(teacher).non_embedding_params
+
+    rows = results["students"] = []
+    for shape, config in shapes.items():
+        for variant, reconstruction in variants.items():
+            student = prune_model(copy.deepcopy(teacher), config, scores)
+            if reconstruction is not None:
+                reconstruct_models(teacher, [student], calibration, config=reconstruction, progress=False)
+            kept = facts_answered(student, tokenizer, known)
+            row = {
+                "shape": shape,
+                "variant": variant,
+                "params": model_shape(student).non_embedding_params / base,
+                "ppl_docs": held_out(student),
+                "facts": kept,
+            }
+            rows.append(row)
+            print(f"{shape} {variant}: {len(kept)}/{len(known)} {kept}, ppl {row['ppl_docs']:.2f}", flush=True)
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    lines = [
+        f"Calibration: {args.calibration} ({args.calibration_samples} × 256 tokens). Teacher: "
+        f"{len(known)} facts, held-out docs ppl {results['teacher']['ppl_docs']:.2f}.",
+        "",
+        "| shape | non-emb. params | student | facts kept | held-out docs ppl |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['shape']} | {100 * row['params']:.0f}% | {row['variant']} | "
+            f"{len(row['facts'])}/{len(known)} | {row['ppl_docs']:.2f} |"
+        )
+    (out / "knowledge.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\n{time.time() - start:.0f} s; wrote {out}/knowledge.md and results.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""The stages that report: packaging with model cards, publishing, and the run summary."""
+"""The model_card stage: each model packaged as a publishable folder with its card and licence."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from ..hub.card import HUB_ID
 from ..loading import BUILTIN_MODELS, BUILTIN_PREFIX, describe_source
 from ..outputs import MARKER_FILE
 from ..shapes import ModelShape, comparison_table, human_count
-from ..tables import format_table
 from .evaluate import THROUGHPUT
 from .stages import Run
 
@@ -238,70 +237,3 @@ def model_card(run: Run, folder: Path, records: dict) -> dict:
             (target / "README.md").write_text(render_model_card(facts), encoding="utf-8")
             packaged.append(target.name)
     return {"models": packaged}
-
-
-def publish(run: Run, folder: Path, records: dict) -> dict:
-    from ..hub.publish import publish as push
-
-    settings = run.recipe.publish
-    results = push(run.output_dir, settings.repo_id, private=settings.private)
-    (folder / "published.json").write_text(json.dumps(results, indent=2) + "\n")
-    return {"repositories": [r["repo_id"] for r in results]}
-
-
-def summary(run: Run, records: dict) -> tuple[str, dict]:
-    """The end-of-run table (parameters and perplexity before/after each stage) and its JSON."""
-    results = json.loads((run.folder("evaluate") / "results.json").read_text())
-    shapes = records["evaluate"]["shapes"]
-    generations = json.loads((run.folder("evaluate") / "generations.json").read_text())
-    speed = json.loads((run.folder("evaluate") / "throughput.json").read_text())
-    labels = [label for _, label in run.model_stages()]
-    # Students pruned here were re-fitted by least squares unless the recipe turned reconstruction off.
-    refitted = run.recipe.reconstruction is not None and run.recipe.students
-    header = {"pruned": "ppl pruned + re-fit" if refitted else "ppl pruned"}
-    rows = [["model", "params", "w/o embeddings", *[header.get(lb, f"ppl {lb}") for lb in labels], "prefill speed"]]
-
-    def ppl(key):
-        entry = results.get(key, {}).get("perplexity")
-        return f"{entry['perplexity']:.2f}" if entry else "-"
-
-    rows.append(
-        [
-            "teacher",
-            human_count(shapes["teacher"]["params"]),
-            human_count(shapes["teacher"]["non_embedding_params"]),
-            ppl("teacher"),
-            *["" for _ in labels[1:]],
-            "1.00×",
-        ]
-    )
-    for name in run.recipe.student_names:
-        ratio = speed.get(name, {}).get("speedup", {}).get("prefill")
-        rows.append(
-            [
-                name,
-                human_count(shapes[name]["params"]),
-                human_count(shapes[name]["non_embedding_params"]),
-                *[ppl(f"{name} {label}") for label in labels],
-                f"{ratio:.2f}×" if ratio else "-",
-            ]
-        )
-    table = format_table(rows)
-    quantized = run.folder("quantize") / "results.json"
-    quantized = json.loads(quantized.read_text()) if run.recipe.quantize and quantized.is_file() else {}
-    if quantized:
-        from .quantized import quantized_table
-
-        for name, variants in quantized.items():
-            table += f"\n\nQuantized variants of {name}:\n" + quantized_table(variants)
-    tokens = {name: s["tokens"] for name, s in records.get("distill", {}).get("students", {}).items()}
-    data = {
-        "results": results,
-        "shapes": shapes,
-        "distillation_tokens": tokens,
-        "generations": generations,
-        "throughput": speed,
-        "perplexity_data": records["evaluate"]["perplexity_data"],
-        "quantized": quantized,
-    }
-    return table, data

@@ -20,20 +20,12 @@ from pathlib import Path
 from hf_minitron import PruningConfig, builtin_teacher, estimate_importance, prune_model
 from hf_minitron.quantization import export_gguf
 from hf_minitron.quantization.llama_cpp_check import (
+    SAMPLE_PROMPTS,
     logit_agreement,
     probe_texts,
     tokenization_mismatches,
     with_smollm2_pre_tokenizer,
 )
-
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n",
-    "Compute (3 + 4) * 12 -> the answer is",
-    "Once upon a time, in a small village,",
-    "import numpy as np\nx = np.arange(10)",
-    "  Indented text\twith tabs and  double  spaces (like this).",
-]
 
 
 def main() -> None:
@@ -57,7 +49,7 @@ def main() -> None:
             for kind in ("F32", "F16", "Q8_0"):
                 path = export_gguf(model, Path(folder) / f"{kind}.gguf", kind, tokenizer=tokenizer, overwrite=True)
                 mismatches = tokenization_mismatches(reference, path, texts)
-                result = logit_agreement(model, tokenizer, path, [*PROMPTS, chat], generate=args.generate)
+                result = logit_agreement(model, tokenizer, path, [*SAMPLE_PROMPTS, chat], generate=args.generate)
                 print(
                     f"| {label} | {kind} | {len(texts) - len(mismatches)}/{len(texts)} | {result.positions} "
                     f"| {100 * result.top1_agreement:.2f}% | {result.mean_kl:.2e} "

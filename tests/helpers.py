@@ -29,6 +29,20 @@ FAMILY_CONFIGS = {
 }
 MOE_FAMILY_CONFIGS = {"qwen3_moe": Qwen3MoeConfig, "mixtral": MixtralConfig, "qwen2_moe": Qwen2MoeConfig}
 VOCAB = 96
+# Deterministic training for tiny tests: plain SGD at a constant rate, no clipping or decay, every step
+# logged, nothing saved or reported.
+PLAIN_TRAINING = dict(
+    optim="sgd",
+    lr_scheduler_type="constant",
+    weight_decay=0.0,
+    max_grad_norm=0.0,
+    report_to=[],
+    logging_steps=1,
+    save_strategy="no",
+    max_length=48,
+    gradient_checkpointing=False,
+    seed=0,
+)
 
 
 def tiny_model(family: str = "llama", seed: int = 0, **overrides):

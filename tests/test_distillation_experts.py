@@ -11,7 +11,7 @@ from hf_minitron import PruningConfig, estimate_importance, prune_model
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.distillation.router import load_balancing_loss
 
-from helpers import char_tokenizer, tiny_calibration, tiny_moe_model
+from helpers import PLAIN_TRAINING, char_tokenizer, tiny_calibration, tiny_moe_model
 
 TEXTS = [("Pack my box with five dozen liquor jugs. " * 3)[: 30 + 9 * i] for i in range(8)]
 
@@ -24,22 +24,13 @@ def moe_student(teacher):
 
 def distil(tmp_path, teacher, student, router_aux_loss_coef, steps=2):
     args = DistillationConfig(
+        **PLAIN_TRAINING,
         router_aux_loss_coef=router_aux_loss_coef,
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
         max_steps=steps,
-        optim="sgd",
         learning_rate=0.5,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        max_length=48,
-        gradient_checkpointing=False,
-        seed=0,
     )
     trainer = DistillationTrainer(
         model=student,

@@ -9,7 +9,7 @@ from hf_minitron import MinitronError, PruningConfig, estimate_importance, prune
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer, NonFiniteLossError
 from hf_minitron.distillation.forward import PROJECTION
 
-from helpers import char_tokenizer, tiny_calibration, tiny_model
+from helpers import PLAIN_TRAINING, char_tokenizer, tiny_calibration, tiny_model
 
 # Eight texts of different lengths, so padded batches hold padding.
 TEXTS = [("The quick brown fox jumps over the lazy dog. " * 3)[: 30 + 9 * i] for i in range(8)]
@@ -28,21 +28,12 @@ def width_student(teacher):
 
 def config(tmp_path, **overrides):
     settings = dict(
+        **PLAIN_TRAINING,
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=8,
         gradient_accumulation_steps=1,
         max_steps=1,
-        optim="sgd",
         learning_rate=0.5,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        max_length=48,
-        gradient_checkpointing=False,
-        seed=0,
         dataloader_drop_last=False,
     )
     settings.update(overrides)

@@ -11,6 +11,7 @@ import pytest
 from hf_minitron import PruningConfig, prune_model
 from hf_minitron.quantization import export_gguf
 from hf_minitron.quantization.llama_cpp_check import (
+    SAMPLE_PROMPTS,
     logit_agreement,
     probe_texts,
     tokenization_mismatches,
@@ -21,15 +22,6 @@ from helpers import tiny_model
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.llama_cpp
-
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n",
-    "Compute (3 + 4) * 12 -> the answer is",
-    "Once upon a time, in a small village,",
-    "import numpy as np\nx = np.arange(10)",
-    "  Indented text\twith tabs and  double  spaces (like this).",
-]
 
 
 def chat_text(tokenizer):
@@ -56,7 +48,7 @@ def test_token_ids_match_transformers_on_every_probe(smollm2, teacher_files):
 @pytest.mark.parametrize("kind, least_top1", [("F32", 0.99), ("F16", 0.99), ("Q8_0", 0.95)])
 def test_teacher_logits_and_generations_match(smollm2, teacher_files, record_measurement, kind, least_top1):
     model, tokenizer = smollm2
-    result = logit_agreement(model, tokenizer, teacher_files[kind], [*PROMPTS, chat_text(tokenizer)])
+    result = logit_agreement(model, tokenizer, teacher_files[kind], [*SAMPLE_PROMPTS, chat_text(tokenizer)])
     record_measurement(f"llama.cpp SmolLM2 {kind}: {result}")
     assert result.top1_agreement >= least_top1
     if kind == "F32":
@@ -67,7 +59,7 @@ def test_width_pruned_teacher_runs_in_llama_cpp(smollm2, teacher_scores, tmp_pat
     model, tokenizer = smollm2
     student = prune_model(copy.deepcopy(model), PruningConfig(hidden_size=432, intermediate_size=768), teacher_scores)
     path = export_gguf(student, tmp_path / "student.gguf", "F32", tokenizer=tokenizer)
-    result = logit_agreement(student, tokenizer, path, PROMPTS)
+    result = logit_agreement(student, tokenizer, path, SAMPLE_PROMPTS)
     record_measurement(f"llama.cpp width-pruned SmolLM2 F32: {result}")
     assert result.top1_agreement >= 0.99 and result.identical_generations == result.generations
 
@@ -79,7 +71,7 @@ def test_qwen_with_pruned_head_shape_runs_in_llama_cpp(smollm2, tmp_path, record
     # so Qwen2 goes in as llama (random q/k/v biases included); Qwen3 reads its sizes from the metadata.
     model = tiny_model(family, vocab_size=len(tokenizer), max_position_embeddings=256)
     path = export_gguf(model, tmp_path / f"{family}.gguf", "F32", tokenizer=tokenizer)
-    result = logit_agreement(model, tokenizer, path, PROMPTS[:3], generate=8)
+    result = logit_agreement(model, tokenizer, path, SAMPLE_PROMPTS[:3], generate=8)
     record_measurement(f"llama.cpp tiny pruned-shape {family} (as {architecture}) F32: {result}")
     assert result.top1_agreement >= 0.99 and result.mean_kl < 1e-3
     assert result.identical_generations == result.generations

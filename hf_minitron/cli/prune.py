@@ -11,7 +11,7 @@ from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
 from ..outputs import claim_output
 from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
-from ..pruning.config import EXPERT_SELECTIONS
+from ..pruning.config import EXPERT_SELECTIONS, TARGETS
 from ..pruning.plan import needed_block_measurement
 from ..reconstruction import ReconstructionConfig, reconstruct_model
 from ..reconstruction.config import LAYER_CHOICES, SPAN_METHODS
@@ -19,22 +19,12 @@ from ..shapes import comparison_table, model_shape
 from .common import add_data_args, add_model_args, add_output_args, require
 from .importance import add_importance_args, compute_scores
 
-_TARGETS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "num_hidden_layers",
-    "num_experts",  # mixture-of-experts models: experts kept per sparse layer
-    "moe_intermediate_size",  # and neurons kept per expert
-)
-
 
 def register(subparsers):
     parser = subparsers.add_parser("prune", help="prune a model to a target width and/or depth")
     add_model_args(parser)
     targets = parser.add_argument_group("targets (a target left out keeps that dimension)")
-    for name in _TARGETS:
+    for name in TARGETS:
         targets.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     targets.add_argument("--layer-selection", choices=LAYER_SELECTIONS, default="block_importance")
     targets.add_argument("--layers-to-drop", type=int, nargs="+", default=None, help="0-based layers (explicit)")
@@ -93,7 +83,7 @@ def reconstruction_config_from_args(args) -> ReconstructionConfig | None:
 
 
 def pruning_config_from_args(args) -> PruningConfig:
-    flags = [name for name in (*_TARGETS, "layers_to_drop") if getattr(args, name) is not None]
+    flags = [name for name in (*TARGETS, "layers_to_drop") if getattr(args, name) is not None]
     if args.pruning_config:
         given = [f"--{name.replace('_', '-')}" for name in flags]
         if given:
@@ -111,7 +101,7 @@ def pruning_config_from_args(args) -> PruningConfig:
             "or --pruning-config",
         )
     return PruningConfig(
-        **{name: getattr(args, name) for name in _TARGETS},
+        **{name: getattr(args, name) for name in TARGETS},
         layer_selection=args.layer_selection if args.layers_to_drop is None else "explicit",
         layers_to_drop=args.layers_to_drop,
         head_residual_merge=args.head_residual_merge,

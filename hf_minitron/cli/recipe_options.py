@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ..errors import MinitronError
 from ..pipeline.recipe import GENERATED, TRAINING_KEYS, Recipe, check_student_models
+from ..pruning.config import TARGETS
 
 RECIPE_MARK = "students"  # a key every pipeline recipe has and no command's option file does
 
@@ -69,17 +70,6 @@ def _pick_student(recipe: Recipe, student: str | None, candidates, what: str) ->
     )
 
 
-_TARGETS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "num_hidden_layers",
-    "num_experts",
-    "moe_intermediate_size",
-)
-
-
 def prune_options(recipe: Recipe, student: str | None) -> tuple[dict, dict]:
     """(`prune` options by their argparse names, settings that have no flag) for one student of ``recipe``."""
     name = _pick_student(
@@ -95,7 +85,7 @@ def prune_options(recipe: Recipe, student: str | None) -> tuple[dict, dict]:
         "num_samples": calibration.num_samples,
         "seq_len": calibration.seq_len,
         "batch_size": calibration.batch_size,
-        **{key: getattr(targets, key) for key in _TARGETS},
+        **{key: getattr(targets, key) for key in TARGETS},
         "layer_selection": targets.layer_selection,
         "layers_to_drop": targets.layers_to_drop,
         "head_residual_merge": targets.head_residual_merge,

@@ -15,6 +15,8 @@ LAYER_SELECTIONS = ("block_importance", "lm_loss", "downstream", "explicit")
 CONFIG_NAME = "pruning_config.json"
 WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
 EXPERT_TARGETS = ("num_experts", "moe_intermediate_size")
+# Every target size a PruningConfig takes (the order the command line lists them in).
+TARGETS = (*WIDTH_TARGETS, "num_hidden_layers", *EXPERT_TARGETS)
 EXPERT_SELECTIONS = ("saliency", "frequency")
 
 
@@ -65,7 +67,7 @@ class PruningConfig:
     expert_selection: str = "saliency"
 
     def __post_init__(self) -> None:
-        for name in (*WIDTH_TARGETS, *EXPERT_TARGETS, "num_hidden_layers"):
+        for name in TARGETS:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise MinitronError(f"PruningConfig.{name} must be a positive integer, got {value!r}")

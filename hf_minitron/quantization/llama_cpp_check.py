@@ -43,6 +43,16 @@ _CODE = [
     "...!!!??? ------=======",
 ]
 
+# Real prompts for the logit and generation comparison: prose, code, arithmetic, whitespace runs.
+SAMPLE_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "Compute (3 + 4) * 12 -> the answer is",
+    "Once upon a time, in a small village,",
+    "import numpy as np\nx = np.arange(10)",
+    "  Indented text\twith tabs and  double  spaces (like this).",
+]
+
 
 def probe_texts(chat_template_text: str = "") -> list[str]:
     """Several hundred strings made to trip a tokenizer: digits, whitespace runs, scripts, code, markup."""

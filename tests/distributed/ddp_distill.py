@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 
-from helpers import char_tokenizer, tiny_model
+from helpers import PLAIN_TRAINING, char_tokenizer, tiny_model
 
 TEXTS = [("The quick brown fox jumps over the lazy dog. " * 3)[: 30 + 7 * i] for i in range(8)]
 
@@ -24,20 +24,11 @@ def main(out: str, losses: str) -> None:
     teacher = tiny_model("llama", seed=3)
     student = tiny_model("llama", seed=4, num_hidden_layers=2, hidden_size=36)
     args = DistillationConfig(
+        **PLAIN_TRAINING,
         output_dir=str(Path(out).parent / f"run-{world}"),
         per_device_train_batch_size=4 // world,
         max_steps=3,
-        optim="sgd",
         learning_rate=0.5,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        weight_decay=0.0,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        max_length=48,
-        gradient_checkpointing=False,
-        seed=0,
         use_cpu=True,
         intermediate_layer_pairs=["auto"] if losses != "logits" else None,
         intermediate_alpha="dynamic" if losses == "dynamic" else "0.5",

@@ -22,7 +22,7 @@ from hf_minitron.alignment import AlignmentConfig, align_model
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.distillation.teacher_correction import TeacherCorrectionConfig, correct_teacher
 
-from helpers import char_tokenizer, tiny_model
+from helpers import PLAIN_TRAINING, char_tokenizer, tiny_model
 
 TEXTS = [("The quick brown fox jumps over the lazy dog. " * 3)[: 30 + 7 * i] for i in range(8)]
 CHAT_TEMPLATE = (
@@ -33,20 +33,11 @@ CHAT_TEMPLATE = (
 
 def settings(out: Path, world: int) -> dict:
     return dict(
+        **PLAIN_TRAINING,
         output_dir=str(out.parent / f"run-{out.name}-{world}"),
         per_device_train_batch_size=4 // world,
         max_steps=2,
-        optim="sgd",
         learning_rate=0.1,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        weight_decay=0.0,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        max_length=48,
-        gradient_checkpointing=False,
-        seed=0,
         use_cpu=True,
     )
 

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import MinitronError
+from .model_folder import save_model_folder
 from .outputs import atomic_output_dir
 
 
@@ -162,7 +163,7 @@ def _write(model, state_dict, output_dir: Path, tokenizer, overwrite: bool, kind
         delattr(model, name)
     try:
         with atomic_output_dir(output_dir, overwrite=overwrite, kind=kind) as staging:
-            model.save_pretrained(staging, state_dict=state_dict)
+            save_model_folder(model, staging, state_dict=state_dict)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
             for name, file_name in set_aside.items():

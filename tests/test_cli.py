@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from hf_minitron import MinitronError, PruningConfig, estimate_importance, save_pruned_model
+from hf_minitron import MinitronError, PruningConfig, estimate_importance, load_model, save_pruned_model
 from hf_minitron.cli import main
+from hf_minitron.model_folder import read_record
 
 from helpers import logits, save_tiny, tiny_calibration, tiny_model
 
@@ -74,10 +75,13 @@ def test_importance_then_prune_from_saved_scores(workspace, capsys):
     assert (workspace / "pruned" / "tokenizer.json").is_file()
     report = json.loads((workspace / "pruned" / "reconstruction.json").read_text())
     assert [fit.get("span") for fit in report["layers"] if "layer" in fit and fit["layer"] != "final_norm"]
-    assert model.config.minitron_pruning["reconstruction"]["settings"]["span_method"] == "refit"
+    record = load_model(str(workspace / "pruned")).config.minitron_pruning  # from minitron_pruning.json
+    assert "minitron_pruning" not in json.loads((workspace / "pruned" / "config.json").read_text())
+    assert record["reconstruction"]["settings"]["span_method"] == "refit"
     # Provenance names the source by its folder name only: no local path leaks into what gets published.
-    assert model.config.minitron_pruning["source_model"] == "model"
-    for written in ("config.json", "importance/importance.json", "pruning_config.json", "reconstruction.json"):
+    assert record["source_model"] == "model"
+    written_files = ("config.json", "minitron_pruning.json", "importance/importance.json", "pruning_config.json")
+    for written in (*written_files, "reconstruction.json"):
         assert str(workspace) not in (workspace / "pruned" / written).read_text()
 
 
@@ -92,7 +96,7 @@ def test_prune_from_yaml_config_with_flag_override(workspace):
     config = AutoModelForCausalLM.from_pretrained(out).config
     assert (config.intermediate_size, config.num_attention_heads, config.num_key_value_heads) == (64, 3, 1)
     assert PruningConfig.from_pretrained(out).intermediate_size == 64
-    assert "reconstruction" not in config.minitron_pruning and not (out / "reconstruction.json").exists()
+    assert "reconstruction" not in read_record(out) and not (out / "reconstruction.json").exists()
 
 
 def test_console_script_is_installed(workspace):
@@ -310,6 +314,6 @@ def test_prune_depth_by_downstream_task(workspace):
         workspace / "deep",
     ]
     assert run(*args) == 0
-    dropped = AutoModelForCausalLM.from_pretrained(workspace / "deep").config.minitron_pruning["dropped_layers"]
+    dropped = read_record(workspace / "deep")["dropped_layers"]
     assert len(dropped) == 2 and dropped[1] == dropped[0] + 1
     assert (workspace / "deep" / "importance" / "block_removal.png").is_file()

@@ -4,8 +4,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_minitron import ImportanceScores, PruningConfig, estimate_importance, prune_model, save_pruned_model
+from hf_minitron import (
+    ImportanceScores,
+    PruningConfig,
+    estimate_importance,
+    load_model,
+    prune_model,
+    save_pruned_model,
+)
 from hf_minitron.layers import skipped_layers
+from hf_minitron.model_folder import read_record
 
 from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
 
@@ -23,7 +31,8 @@ def test_explicit_drop_equals_skipping_and_reloads(family, tmp_path, input_ids):
     save_pruned_model(model, tmp_path / "d")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "d").eval()
     assert reloaded.config.num_hidden_layers == 2
-    assert reloaded.config.minitron_pruning["dropped_layers"] == [1, 2]
+    assert read_record(tmp_path / "d")["dropped_layers"] == [1, 2]  # beside config.json, not in it
+    assert load_model(str(tmp_path / "d")).config.minitron_pruning["dropped_layers"] == [1, 2]
     assert torch.equal(logits(reloaded, input_ids), reference)
     # Generation with a KV cache addresses layers by layer_idx: cached and uncached must agree.
     cached = reloaded.generate(input_ids[:1, :5], max_new_tokens=6, min_new_tokens=6, do_sample=False)

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_minitron import MinitronError
 from hf_minitron.cli import main
+from hf_minitron.model_folder import read_record
 from hf_minitron.pipeline import parse_recipe, run_recipe
 
 from helpers import char_tokenizer, tiny_model
@@ -77,7 +78,7 @@ def test_prune_only_recipe_writes_a_loadable_pruned_model_and_its_card(inputs, p
     assert pruned_run["stages"] == ["importance", "prune", "evaluate", "model_card"]
     assert not (run / "distill").exists()
     pruned = AutoModelForCausalLM.from_pretrained(run / "prune" / "width")
-    assert pruned.config.hidden_size == 36 and pruned.config.minitron_pruning["reconstruction"]
+    assert pruned.config.hidden_size == 36 and read_record(run / "prune" / "width")["reconstruction"]
     assert set(pruned_run["results"]) == {"teacher", "width pruned"}
     assert pruned_run["distillation_tokens"] == {}
     assert "ppl pruned + re-fit" in pruned_run["table"] and "distilled" not in pruned_run["table"]
@@ -108,7 +109,7 @@ def test_prune_command_reads_the_same_recipe_and_makes_the_same_model(inputs, pr
     assert main(["prune", "--config", str(two_students), "--student", "tall", "--output", out]) == 2
     assert "no such student" in capsys.readouterr().err
     assert main(["prune", "--config", str(recipe), "--student", "width", "--no-reconstruct", "-o", out]) == 0
-    assert "reconstruction" not in AutoModelForCausalLM.from_pretrained(out).config.minitron_pruning  # flags win
+    assert "reconstruction" not in read_record(out)  # flags win
     assert main(["importance", "--config", str(recipe), "--output", str(inputs / "scores")]) == 2
     assert "is a pipeline recipe" in capsys.readouterr().err
 

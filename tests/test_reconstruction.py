@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hf_minitron import MinitronError, PruningConfig, estimate_importance, prune_model, save_pruned_model
+from hf_minitron.model_folder import read_record
 from hf_minitron.reconstruction import (
     LeastSquares,
     ReconstructionConfig,
@@ -128,7 +129,7 @@ def test_reconstructed_student_reloads_with_identical_logits(tmp_path, input_ids
         save_pruned_model(student, tmp_path / name)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
         assert torch.equal(logits(reloaded, input_ids), expected)
-        assert reloaded.config.minitron_pruning["reconstruction"]["settings"]["damping"] == 0.1
+        assert read_record(tmp_path / name)["reconstruction"]["settings"]["damping"] == 0.1
 
 
 def test_bfloat16_students_are_fitted_in_wide_precision_and_keep_their_dtype():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..hub.card import HUB_ID
 from ..loading import BUILTIN_MODELS, BUILTIN_PREFIX, describe_source
+from ..model_folder import RECORD_FILE, read_record
 from ..outputs import MARKER_FILE
 from ..shapes import ModelShape, comparison_table, human_count
 from .evaluate import THROUGHPUT
@@ -105,8 +106,7 @@ def _pruning_facts(run: Run, name: str, records: dict, shapes: dict) -> dict:
             },
             "reconstruction": _reconstruction_text((records["prune"].get("reconstruction") or {}).get(name)),
         }
-    config = json.loads((run.student_folder("prune", name) / "config.json").read_text())
-    record = config.get("minitron_pruning")
+    record = read_record(run.student_folder("prune", name))
     if not record:
         return {"importance": None, "pruning": None, "reconstruction": None}
     importance = record.get("importance")
@@ -222,8 +222,9 @@ def model_card(run: Run, folder: Path, records: dict) -> dict:
             target = folder / facts["name"]
             leave_out = shutil.ignore_patterns("stage.json", MARKER_FILE)  # records of this run, not of the model
             shutil.copytree(run.student_folder(stage, name), target, ignore=leave_out)
-            if (start / "pruning_config.json").is_file():
-                shutil.copy(start / "pruning_config.json", target)
+            for file in ("pruning_config.json", RECORD_FILE):
+                if (start / file).is_file() and not (target / file).is_file():
+                    shutil.copy(start / file, target)
             if importance.is_dir():
                 shutil.copytree(importance, target / "importance", ignore=leave_out, dirs_exist_ok=True)
             for title, file in (

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..importance.scores import ImportanceScores
+from ..model_folder import save_model_folder
 from ..outputs import atomic_output_dir
 from .config import PruningConfig
 
@@ -24,13 +25,14 @@ def save_pruned_model(
     reconstruction: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Save weights (safetensors), config, tokenizer, pruning config, the importance scores used and the
-    reconstruction report (``reconstruct_model``'s return value).
+    """Save weights (safetensors), config, the pruning record (``minitron_pruning.json``), tokenizer,
+    pruning config, the importance scores used and the reconstruction report (``reconstruct_model``'s
+    return value).
 
     The folder appears only when everything is written; on any failure nothing is left.
     """
     with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
-        model.save_pretrained(staging)
+        save_model_folder(model, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if pruning_config is not None:

@@ -7,14 +7,13 @@ import torch
 from ..importance.scores import ImportanceScores
 from ..layers import keep_only_layers
 from ..loading import describe_source
+from ..model_folder import RECORD_KEY  # what was pruned, from what (saved beside config.json)
 from ..shapes import model_shape
 from .config import PruningConfig
 from .embedding_scale import fold_embedding_scale
 from .experts import dense_layer_indices, refresh_expert_sizes, slice_experts, update_expert_config
 from .plan import build_plan
 from .slicing import merge_pruned_heads, refresh_cached_sizes, slice_parameters
-
-RECORD_KEY = "minitron_pruning"  # in config.json: what was pruned, from what
 
 
 def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = None):
@@ -23,9 +22,10 @@ def prune_model(model, config: PruningConfig, scores: ImportanceScores | None = 
     Everything is validated first (the model is untouched when anything is wrong).
     Then: optional head residual merge → drop layers → slice every tensor on a pruned
     axis → rewrite the config (explicit head_dim, layer count, per-layer lists) and
-    record what was done under ``config.minitron_pruning``. The result is an ordinary
-    transformers model: ``save_pretrained`` + ``AutoModelForCausalLM.from_pretrained``
-    reproduce its logits exactly.
+    record what was done under ``config.minitron_pruning`` (``save_pruned_model`` writes it to
+    ``minitron_pruning.json``, so config.json keeps only standard fields). The result is an ordinary
+    transformers model: ``save_pretrained`` + ``AutoModelForCausalLM.from_pretrained`` reproduce its
+    logits exactly.
     """
     plan = build_plan(model, config, scores)
     before = model_shape(model)

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 from ..errors import MinitronError
+from ..model_folder import RECORD_FILE, save_model_folder
 from ..outputs import atomic_output_dir, check_output_dir
 
 SCHEMES = ("int8", "int4", "fp8")
 # What a packaged folder carries besides weights, config and tokenizer: kept in the quantized copy.
-PROVENANCE = ("pruning_config.json", "importance", "training_curves.png")
+PROVENANCE = (RECORD_FILE, "pruning_config.json", "importance", "training_curves.png")
 
 
 def available_schemes() -> list[str]:
@@ -87,7 +88,7 @@ def quantize_model(
         device_map="cuda:0" if on_gpu else None,
     )
     with atomic_output_dir(output_dir, overwrite, kind="quantized model") as staging:
-        model.save_pretrained(staging)
+        save_model_folder(model, staging)
         AutoTokenizer.from_pretrained(source).save_pretrained(staging)
         for name in PROVENANCE:
             path = source / name

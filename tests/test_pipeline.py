@@ -15,7 +15,9 @@ from transformers import AutoModelForCausalLM
 from hf_minitron import MinitronError
 from hf_minitron.cli import main
 from hf_minitron.cli.demo import demo_recipe
+from hf_minitron.evaluation.serving import check_serving_config
 from hf_minitron.hub import publish
+from hf_minitron.model_folder import read_record
 from hf_minitron.pipeline import DEMO_RECIPE, parse_recipe, run_recipe
 
 from helpers import SHARED_DATA, char_tokenizer, tiny_model
@@ -121,7 +123,13 @@ def test_every_stage_writes_its_folder_and_the_summary(finished_run):
     ids = torch.randint(3, 90, (1, 12))
     torch.testing.assert_close(model(ids).logits, distilled(ids).logits)
     assert model.config.hidden_size == 36
+    # Every folder the run wrote serves as it is: standard config.json, the pruning record beside it.
+    assert json.loads((run / "evaluate" / "stage.json").read_text())["record"]["serving_problems"] == {}
+    for written in ("prune/width", "distill/width", "align/depth", "quantize/width-int8", "models/Tiny-Width-Base"):
+        assert check_serving_config(run / written) == [], written
+        assert read_record(run / written)["pruned_shape"]["hidden_size"] in (36, 48), written
     for file in (
+        "minitron_pruning.json",
         "pruning_config.json",
         "importance/importance.safetensors",
         "importance/importance.png",

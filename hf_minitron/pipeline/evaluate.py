@@ -12,6 +12,7 @@ import torch
 
 from ..data import describe_text_source
 from ..evaluation import evaluate_model
+from ..evaluation.serving import check_serving_config
 from ..shapes import model_shape
 from .stages import Run
 
@@ -49,7 +50,11 @@ def evaluate(run: Run, folder: Path) -> dict:
     results = {"teacher": score(teacher)}
     finals = {"teacher": teacher}
     shapes = {"teacher": model_shape(teacher).to_dict()}
+    serving = {}  # what would stop vLLM, TGI or lm-eval reading each folder as it is (nothing, we hope)
     for name, label, stage in stage_models(run):
+        serving[f"{name} {label}"] = problems = check_serving_config(run.student_folder(stage, name))
+        for problem in problems:
+            print(f"  warning: {name} {label}: {problem}", file=sys.stderr)
         model = run.load(run.student_folder(stage, name))
         results[f"{name} {label}"] = score(model)
         finals[name] = model
@@ -70,6 +75,7 @@ def evaluate(run: Run, folder: Path) -> dict:
         "models": list(results),
         "perplexity_data": describe_text_source(settings.perplexity_data or ""),
         "shapes": shapes,
+        "serving_problems": {label: problems for label, problems in serving.items() if problems},
     }
 
 

@@ -175,6 +175,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
         "kept whole) to the routed ones; mlp_only_layers / decoder_sparse_step as in Qwen3-MoE",
         expert_count_key="num_experts",
         expert_width_key="moe_intermediate_size",
+        gguf_architecture="qwen2moe",
     ),
     ModelFamily(
         name="Qwen3-MoE",
@@ -184,6 +185,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
         "mlp_only_layers / decoder_sparse_step keep some layers dense (intermediate_size)",
         expert_count_key="num_local_experts",  # what the config stores; num_experts is an alias of it
         expert_width_key="moe_intermediate_size",
+        gguf_architecture="qwen3moe",
     ),
     ModelFamily(
         name="Mixtral",
@@ -192,6 +194,8 @@ FAMILIES: tuple[ModelFamily, ...] = (
         notes="Mistral attention; every layer is sparse; intermediate_size is each expert's width",
         expert_count_key="num_local_experts",
         expert_width_key="intermediate_size",
+        gguf_architecture="llama",  # llama.cpp runs Mixtral as llama with stacked experts
+        gguf_rotary_permute=True,
     ),
     ModelFamily(
         name="Gemma3",
@@ -207,6 +211,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
         embeddings_scaled_by_width=True,
         attention_output_norm="post_attention_layernorm",
         mlp_output_norm="post_feedforward_layernorm",
+        gguf_architecture="gemma3",
     ),
 )
 

@@ -1,5 +1,7 @@
 """GGUF tokenizer metadata and architecture choice: what llama.cpp needs to tokenize and run exactly."""
 
+import json
+
 import gguf
 import numpy as np
 import pytest
@@ -8,10 +10,10 @@ import torch
 from hf_minitron import MinitronError, load_tokenizer
 from hf_minitron.cli import main
 from hf_minitron.quantization import export_gguf
-from hf_minitron.quantization.gguf_tokenizer import CONTROL, USER_DEFINED
+from hf_minitron.quantization.gguf_tokenizer import BYTE, CONTROL, USER_DEFINED
 from hf_minitron.quantization.pretokenizers import KNOWN_PRE_TOKENIZERS, PROBE_TEXT, probe_hash
 
-from helpers import tiny_model
+from helpers import tiny_model, tiny_moe_model
 
 TRAINING_TEXT = ["hello world", "def f(x): return x + 1", "3 33 333", "naïve café", "the cat sat on the mat"] * 4
 
@@ -37,6 +39,39 @@ def tiny_bpe_tokenizer(adds_bos=False, sentencepiece_style=False, added=()):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     tokenizer.add_tokens(list(added))
     return tokenizer
+
+
+def tiny_sentencepiece_tokenizer():
+    """The SentencePiece BPE form as Gemma has it: ▁ for spaces, no prefix, all 256 byte tokens, BOS added."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    state = json.loads(tiny_bpe_tokenizer(adds_bos=True, sentencepiece_style=True).backend_tokenizer.to_str())
+    trained = state["model"]["vocab"]
+    vocab = {token: index for token, index in trained.items() if index < 3}  # <unk> <s> </s>
+    vocab.update({f"<0x{byte:02X}>": 3 + byte for byte in range(256)})
+    for token in sorted(set(trained) - set(vocab), key=trained.get):
+        vocab[token] = len(vocab)
+    state["model"]["vocab"] = vocab
+    state["added_tokens"] = [{**added, "id": vocab[added["content"]]} for added in state["added_tokens"]]
+    state["post_processor"]["special_tokens"]["<s>"]["ids"] = [vocab["<s>"]]
+    state["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    state["pre_tokenizer"] = {
+        "type": "Split",
+        "pattern": {"String": " "},
+        "behavior": "MergedWithPrevious",
+        "invert": False,
+    }
+    state["decoder"] = {
+        "type": "Sequence",
+        "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ],
+    }
+    backend = Tokenizer.from_str(json.dumps(state))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def fields(path):
@@ -93,9 +128,26 @@ def test_bos_behaviour_and_added_tokens_are_written_as_the_tokenizer_behaves(tmp
     assert types[tokenizer.bos_token_id] == CONTROL
 
 
-def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
-    with pytest.raises(MinitronError, match=r"SentencePiece-style BPE.*--no-tokenizer"):
+def test_sentencepiece_style_tokenizer_is_written_as_llama_cpp_sentencepiece(tmp_path):
+    tokenizer = tiny_sentencepiece_tokenizer()
+    path = export_gguf(tiny_model(), tmp_path / "m.gguf", "F32", tokenizer=tokenizer)
+    meta, _ = fields(path)
+    assert meta["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.merges" not in meta
+    assert meta["tokenizer.ggml.add_space_prefix"] is False  # Gemma's form: no ▁ before the first word
+    assert meta["tokenizer.ggml.add_bos_token"] is True
+    types, scores = meta["tokenizer.ggml.token_type"], meta["tokenizer.ggml.scores"]
+    assert types[tokenizer.convert_tokens_to_ids("<0x0A>")] == BYTE and types[tokenizer.bos_token_id] == CONTROL
+    # The first merge's piece scores highest: llama.cpp merges the best-scored pair first.
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    first, last = ("".join(m if isinstance(m, list) else m.split(" ")) for m in (merges[0], merges[-1]))
+    assert scores[tokenizer.convert_tokens_to_ids(first)] > scores[tokenizer.convert_tokens_to_ids(last)]
+
+
+def test_byte_fallback_without_byte_tokens_is_refused(tmp_path):
+    # llama.cpp aborts the whole process when it falls back to a byte token that does not exist.
+    with pytest.raises(MinitronError, match=r"0 of the 256 byte tokens.*--no-tokenizer"):
         export_gguf(tiny_model(), tmp_path / "m.gguf", tokenizer=tiny_bpe_tokenizer(sentencepiece_style=True))
+    assert not list(tmp_path.iterdir())
 
 
 def unpermute(weight, heads):
@@ -136,3 +188,79 @@ def test_qwen3_round_trips_with_its_qk_norms(tmp_path):
     assert "blk.0.attn_q_norm.weight" in {t.name for t in reader.tensors}
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def tensors_of(reader):
+    return {t.name: np.array(t.data).reshape(tuple(reversed(t.shape.tolist()))) for t in reader.tensors}
+
+
+def test_gemma3_metadata_and_norm_gains(tmp_path):
+    model = tiny_model("gemma3", num_hidden_layers=6, final_logit_softcapping=30.0, query_pre_attn_scalar=64)
+    model.config.layer_types = [model.config.layer_types[i] for i in (0, 2, 3, 4, 5, 1)]  # as after depth pruning
+    path = export_gguf(model, tmp_path / "m.gguf", "F32", include_tokenizer=False)
+    meta, reader = fields(path)
+    assert meta["general.architecture"] == "gemma3"
+    assert meta["gemma3.attention.key_length"] == 16 and meta["gemma3.attention.sliding_window"] == 6
+    # One flag per layer: the pattern of a depth-pruned model is no longer "every n-th layer is full".
+    assert meta["gemma3.attention.sliding_window_pattern"] == [
+        t == "sliding_attention" for t in model.config.layer_types
+    ]
+    assert meta["gemma3.rope.freq_base"] == 1e6 and meta["gemma3.rope.freq_base_swa"] == 1e4
+    assert meta["gemma3.final_logit_softcapping"] == 30.0
+    tensors, layer = tensors_of(reader), model.model.layers[2]
+    # llama.cpp multiplies by the stored gain: Gemma's (1 + w) is written out.
+    for ours, theirs in (
+        ("post_attention_norm", "post_attention_layernorm"),
+        ("ffn_norm", "pre_feedforward_layernorm"),
+    ):
+        np.testing.assert_allclose(tensors[f"blk.2.{ours}.weight"], getattr(layer, theirs).weight.detach().numpy() + 1)
+    # llama.cpp scales queries by 1/sqrt(head_dim 16); query_pre_attn_scalar 64 asks for 1/8: the query norm halves.
+    q_norm = layer.self_attn.q_norm.weight.detach().numpy() + 1
+    np.testing.assert_allclose(tensors["blk.2.attn_q_norm.weight"], q_norm * 0.5, rtol=1e-6)
+    assert "output.weight" not in tensors  # tied, and llama.cpp applies the same sqrt(hidden) multiplier
+
+
+def test_gemma3_that_llama_cpp_would_compute_differently_is_refused(tmp_path):
+    model = tiny_model("gemma3")
+    model.config.rope_parameters["full_attention"] = {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
+    with pytest.raises(MinitronError, match="'linear' RoPE scaling on its full_attention layers"):
+        export_gguf(model, tmp_path / "m.gguf", include_tokenizer=False)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "family, architecture", [("qwen3_moe", "qwen3moe"), ("mixtral", "llama"), ("qwen2_moe", "qwen2moe")]
+)
+def test_experts_are_written_as_stacked_tensors(tmp_path, family, architecture):
+    settings = {"head_dim": 8, "norm_topk_prob": False} if family == "qwen2_moe" else {}
+    model = tiny_moe_model(family, **settings)
+    path = export_gguf(model, tmp_path / "m.gguf", "F32", include_tokenizer=False)
+    meta, reader = fields(path)
+    assert meta["general.architecture"] == architecture
+    assert meta[f"{architecture}.expert_count"] == 6 and meta[f"{architecture}.expert_used_count"] == 2
+    tensors, experts = tensors_of(reader), model.model.layers[1].mlp.experts
+    gate_up = experts.gate_up_proj.detach().numpy()  # experts × (gate rows, then up rows) × hidden
+    np.testing.assert_array_equal(tensors["blk.1.ffn_gate_exps.weight"], gate_up[:, :32])
+    np.testing.assert_array_equal(tensors["blk.1.ffn_up_exps.weight"], gate_up[:, 32:])
+    np.testing.assert_array_equal(tensors["blk.1.ffn_down_exps.weight"], experts.down_proj.detach().numpy())
+    assert tensors["blk.1.ffn_gate_inp.weight"].shape == (6, 48)
+    if family == "qwen2_moe":
+        assert meta["qwen2moe.expert_shared_feed_forward_length"] == 40
+        assert tensors["blk.1.ffn_gate_inp_shexp.weight"].shape == (48,)
+        assert "output.weight" in tensors  # llama.cpp's qwen2moe reads a head even when it is tied
+    else:
+        assert meta.get(f"{architecture}.expert_feed_forward_length", 32) == 32
+
+
+@pytest.mark.parametrize(
+    "family, settings, message",
+    [
+        ("qwen3_moe", {"mlp_only_layers": [1]}, r"Layers \[1\] .* are dense"),
+        ("qwen2_moe", {"head_dim": 8}, "norm_topk_prob=True.*keeps the top-k"),
+        ("qwen2_moe", {"norm_topk_prob": False}, "query projection is hidden × hidden"),
+    ],
+)
+def test_experts_llama_cpp_would_compute_differently_are_refused(tmp_path, family, settings, message):
+    with pytest.raises(MinitronError, match=message):
+        export_gguf(tiny_moe_model(family, **settings), tmp_path / "m.gguf", include_tokenizer=False)
+    assert not list(tmp_path.iterdir())

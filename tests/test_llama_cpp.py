@@ -7,8 +7,9 @@ Optional: skipped unless llama-cpp-python is installed (it builds llama.cpp from
 import copy
 
 import pytest
+from test_gguf_tokenizer import tiny_sentencepiece_tokenizer
 
-from hf_minitron import PruningConfig, prune_model
+from hf_minitron import PruningConfig, estimate_importance, prune_model
 from hf_minitron.quantization import export_gguf
 from hf_minitron.quantization.llama_cpp_check import (
     SAMPLE_PROMPTS,
@@ -18,7 +19,7 @@ from hf_minitron.quantization.llama_cpp_check import (
     with_smollm2_pre_tokenizer,
 )
 
-from helpers import tiny_model
+from helpers import tiny_calibration, tiny_model, tiny_moe_model
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.llama_cpp
@@ -75,3 +76,59 @@ def test_qwen_with_pruned_head_shape_runs_in_llama_cpp(smollm2, tmp_path, record
     record_measurement(f"llama.cpp tiny pruned-shape {family} (as {architecture}) F32: {result}")
     assert result.top1_agreement >= 0.99 and result.mean_kl < 1e-3
     assert result.identical_generations == result.generations
+
+
+def scored(model):
+    return estimate_importance(model, calibration_data=tiny_calibration(), batch_size=3, progress=False)
+
+
+def tiny_gemma3(vocab_size, prune=None):
+    model = tiny_model("gemma3", vocab_size=vocab_size, max_position_embeddings=256, num_hidden_layers=6)
+    return prune_model(model, prune, scored(model)) if prune else model
+
+
+@pytest.mark.parametrize(
+    "label, prune",
+    [
+        ("full", None),
+        # Width: the embedding multiplier of the old width is folded into the weights (llama.cpp uses sqrt(24)).
+        ("width-pruned", PruningConfig(hidden_size=24, intermediate_size=40, num_attention_heads=4)),
+        # Depth: layers 1 and 4 go, so the sliding / full pattern is no longer periodic.
+        ("depth-pruned", PruningConfig(layers_to_drop=[1, 4])),
+    ],
+)
+def test_gemma3_runs_in_llama_cpp(smollm2, tmp_path, record_measurement, label, prune):
+    _, tokenizer = smollm2
+    model = tiny_gemma3(len(tokenizer), prune)
+    path = export_gguf(model, tmp_path / "gemma3.gguf", "F32", tokenizer=tokenizer)
+    # Prompts longer than the window of 6, so sliding and full layers really differ.
+    result = logit_agreement(model, tokenizer, path, SAMPLE_PROMPTS[:3], generate=8, f32_cache=True)
+    record_measurement(f"llama.cpp tiny {label} gemma3 F32: {result}")
+    assert result.top1_agreement == 1.0 and result.mean_kl < 1e-3
+    assert result.identical_generations == result.generations
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("experts", [6, 3])
+def test_mixture_of_experts_runs_in_llama_cpp(smollm2, tmp_path, record_measurement, family, experts):
+    _, tokenizer = smollm2
+    settings = dict(vocab_size=len(tokenizer), max_position_embeddings=256)
+    if family == "qwen2_moe":  # llama.cpp's qwen2moe needs heads × head_dim = hidden, and plain top-k weights
+        settings.update(head_dim=8, norm_topk_prob=False)
+    model = tiny_moe_model(family, seed=1, **settings)
+    if experts < 6:
+        model = prune_model(model, PruningConfig(num_experts=experts), scored(model))
+    path = export_gguf(model, tmp_path / f"{family}.gguf", "F32", tokenizer=tokenizer)
+    result = logit_agreement(model, tokenizer, path, SAMPLE_PROMPTS[:3], generate=8, f32_cache=True)
+    record_measurement(f"llama.cpp tiny {family} with {experts} experts F32: {result}")
+    assert result.top1_agreement == 1.0 and result.mean_kl < 1e-3
+    assert result.identical_generations == result.generations
+
+
+def test_sentencepiece_style_tokenizer_gives_the_same_ids_in_llama_cpp(tmp_path):
+    # Gemma's form: ▁ for spaces, no prefix space, byte fallback; written as llama.cpp's "llama" vocabulary.
+    tokenizer = tiny_sentencepiece_tokenizer()
+    path = export_gguf(tiny_model(vocab_size=len(tokenizer)), tmp_path / "m.gguf", "F32", tokenizer=tokenizer)
+    texts = probe_texts()
+    assert len(texts) >= 200
+    assert tokenization_mismatches(tokenizer, path, texts) == []

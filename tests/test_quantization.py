@@ -67,13 +67,13 @@ def test_tied_embeddings_are_written_once(tmp_path):
 
 
 def test_gguf_bad_input(tmp_path):
-    with pytest.raises(MinitronError, match="supports llama, mistral, qwen2, qwen3 models, not mixtral"):
-        export_gguf(tiny_moe_model("mixtral"), tmp_path / "m.gguf", include_tokenizer=False)
+    with pytest.raises(MinitronError, match=r"norm_topk_prob=False.*always renormalises"):
+        export_gguf(tiny_moe_model("qwen3_moe", norm_topk_prob=False), tmp_path / "m.gguf", include_tokenizer=False)
     with pytest.raises(MinitronError, match="is not one of"):
         export_gguf(tiny_model(), tmp_path / "m.gguf", "Q3_K")
     with pytest.raises(MinitronError, match=r"should end in \.gguf"):
         export_gguf(tiny_model(), tmp_path / "m.bin")
-    with pytest.raises(MinitronError, match="byte-level BPE"):
+    with pytest.raises(MinitronError, match="writes BPE and SentencePiece tokenizers; this one is WordLevel"):
         export_gguf(tiny_model(), tmp_path / "m.gguf", tokenizer=char_tokenizer())
     assert not list(tmp_path.iterdir())  # nothing half-written
     export_gguf(tiny_model(), tmp_path / "m.gguf", include_tokenizer=False)
@@ -125,7 +125,7 @@ def test_cli_quantize_and_export(tmp_path, capsys):
     assert main(["export-gguf", str(tmp_path / "model"), "--no-tokenizer", "-o", str(tmp_path / "m.gguf")]) == 0
     assert (tmp_path / "m.gguf").is_file()
     assert main(["export-gguf", str(tmp_path / "model"), "-o", str(tmp_path / "t.gguf")]) == 2
-    assert "byte-level BPE" in capsys.readouterr().err
+    assert "writes BPE and SentencePiece tokenizers" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -118,11 +118,18 @@ class LogitAgreement:
     generations: int
 
 
-def logit_agreement(model, tokenizer, path, prompts: list[str], generate: int = 24) -> LogitAgreement:
-    """Compare next-token distributions position by position, then greedy continuations of each prompt."""
+def logit_agreement(
+    model, tokenizer, path, prompts: list[str], generate: int = 24, f32_cache: bool = False
+) -> LogitAgreement:
+    """Compare next-token distributions position by position, then greedy continuations of each prompt.
+
+    llama.cpp keeps its KV cache in F16 by default, which moves logits by ~1e-3; ``f32_cache`` keeps it in
+    F32, for tiny random models whose near-flat logits have top-1 margins smaller than that.
+    """
     encoded = [list(tokenizer(p).input_ids) for p in prompts]
     context = max(len(ids) for ids in encoded) + generate + 8
-    runner = _load(path, n_ctx=context, n_batch=context, logits_all=True)
+    cache = {"type_k": 0, "type_v": 0} if f32_cache else {}  # 0: GGML_TYPE_F32
+    runner = _load(path, n_ctx=context, n_batch=context, logits_all=True, **cache)
 
     def llama_cpp_logits(ids: list[int]) -> np.ndarray:
         runner.reset()

@@ -39,7 +39,7 @@ KNOWN_PRE_TOKENIZERS = {
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # GPT-2 itself
 }
 # Mistral 7B and Llama-2 use SentencePiece tokenizers: llama.cpp's converter hashes none of those (they are
-# read through its SentencePiece vocabulary with no pre-tokenizer), and this exporter refuses them.
+# read through its SentencePiece vocabulary with no pre-tokenizer), which is how this exporter writes them.
 
 
 def probe_hash(tokenizer) -> str:

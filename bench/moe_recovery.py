@@ -217,6 +217,17 @@ def kept_experts_overlap(students: dict) -> dict:
     return {f"{a}/{b}": len(kept[a] & kept[b]) / len(kept[a]) for i, a in enumerate(names) for b in names[i + 1 :]}
 
 
+def routing_share_kept(students: dict, frequency: torch.Tensor, top_k: int) -> dict:
+    """Per selection, the share of the teacher's routing (token × top-k slots) that went to the kept experts."""
+    shares = {}
+    for variant, student in students.items():
+        kept = student.config.minitron_pruning.get("kept_experts") if variant != "random_init" else None
+        if kept:
+            routed = sum(float(frequency[int(layer)][experts].sum()) for layer, experts in kept.items())
+            shares[variant] = routed / (top_k * len(kept))
+    return shares
+
+
 def report(results: dict) -> str:
     teacher = results["teacher"]
     tokens = sorted({int(n) for curve in results["students"].values() for n in curve})
@@ -235,6 +246,9 @@ def report(results: dict) -> str:
         kept = f"{100 * total:.0f}% ({100 * non_embedding:.0f}%)"
         cells = [f"{curve[str(n)]:.2f}" if str(n) in curve else "—" for n in tokens]
         lines.append(f"| {LABELS[variant]} | {kept} | " + " | ".join(cells) + " |")
+    if results.get("routing_share_kept"):
+        shares = ", ".join(f"{LABELS[v]} {100 * share:.0f}%" for v, share in results["routing_share_kept"].items())
+        lines += ["", f"Share of the teacher's routing that went to the experts kept: {shares}."]
     if results.get("overlap"):
         shared = ", ".join(f"{pair} {100 * share:.0f}%" for pair, share in results["overlap"].items())
         lines += ["", f"Experts kept in common (share of layer × expert choices): {shared}."]
@@ -296,7 +310,11 @@ def main(argv: list[str] | None = None) -> dict:
     results["expert_frequency"] = scores.expert_frequency.tolist()
     results["expert_saliency"] = scores.expert_saliency.tolist()
     students = build_students(teacher, scores, sizes, args)
+    results["kept_experts"] = {
+        v: s.config.minitron_pruning["kept_experts"] for v, s in students.items() if v != "random_init"
+    }
     results["overlap"] = kept_experts_overlap(students)
+    results["routing_share_kept"] = routing_share_kept(students, scores.expert_frequency, sizes["top_k"])
     steps = math.ceil(max(args.tokens) / args.tokens_per_step)
     train = datasets.Dataset.from_dict(
         {"input_ids": token_blocks(tokenizer, [train_text], args.block, steps * args.batch + args.batch)}

@@ -9,6 +9,7 @@ Students keep 4 of the 8 experts in every layer (top-k stays 2):
 
 - ``reap``:          experts ranked by REAP saliency (mean gate weight × ‖expert output‖ over routed tokens)
 - ``frequency``:     experts ranked by how often the router picks them
+- ``mass``:          experts ranked by gate weight × ‖expert output‖ summed over all tokens (REAP × frequency)
 - ``random``:        4 experts drawn at random per layer (seeded)
 - ``random_init``:   the same shape from random initialisation
 - ``reap_narrow``:   ``reap`` and every expert's width halved as well (neurons by mean |activation|)
@@ -49,10 +50,11 @@ from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.shapes import model_shape
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "tinyshakespeare.txt"
-VARIANTS = ("reap", "frequency", "random", "random_init", "reap_narrow")
+VARIANTS = ("reap", "frequency", "mass", "random", "random_init", "reap_narrow")
 LABELS = {
     "reap": "REAP saliency",
     "frequency": "routing frequency",
+    "mass": "routed output mass",
     "random": "random experts",
     "random_init": "random init",
     "reap_narrow": "REAP, expert width ½",
@@ -180,9 +182,12 @@ def build_students(teacher, scores, sizes, args) -> dict:
     configs = {
         "reap": (PruningConfig(num_experts=keep, expert_selection="saliency"), scores),
         "frequency": (PruningConfig(num_experts=keep, expert_selection="frequency"), scores),
+        "mass": (PruningConfig(num_experts=keep, expert_selection="mass"), scores),
         "random": (PruningConfig(num_experts=keep, expert_selection="saliency"), random_expert_scores(scores)),
         "reap_narrow": (
-            PruningConfig(num_experts=keep, moe_intermediate_size=sizes["expert_width"] // 2),
+            PruningConfig(
+                num_experts=keep, moe_intermediate_size=sizes["expert_width"] // 2, expert_selection="saliency"
+            ),
             scores,
         ),
     }
@@ -211,7 +216,7 @@ def kept_experts_overlap(students: dict) -> dict:
     kept = {
         v: {(layer, e) for layer, experts in s.config.minitron_pruning["kept_experts"].items() for e in experts}
         for v, s in students.items()
-        if v in ("reap", "frequency", "random")
+        if v in ("reap", "frequency", "mass", "random")
     }
     names = sorted(kept)
     return {f"{a}/{b}": len(kept[a] & kept[b]) / len(kept[a]) for i, a in enumerate(names) for b in names[i + 1 :]}

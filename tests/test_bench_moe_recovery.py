@@ -27,9 +27,10 @@ def test_smoke_run_measures_every_student_and_reuses_the_teacher(tmp_path):
     assert params["reap"]["non_embedding_params"] < teacher["non_embedding_params"]
     assert params["reap_narrow"]["non_embedding_params"] < params["reap"]["non_embedding_params"]
     assert params["random_init"] == params["reap"]
-    assert set(results["overlap"]) == {"frequency/random", "frequency/reap", "random/reap"}
+    selections = ("frequency", "mass", "random", "reap")
+    assert set(results["overlap"]) == {f"{a}/{b}" for i, a in enumerate(selections) for b in selections[i + 1 :]}
     shares = results["routing_share_kept"]
-    assert set(shares) == {"reap", "frequency", "random", "reap_narrow"}
+    assert set(shares) == {"reap", "frequency", "mass", "random", "reap_narrow"}
     # The most-routed experts hold the most routing by construction.
     assert all(0 < share <= shares["frequency"] + 1e-6 for share in shares.values())
     table = (tmp_path / "moe_recovery.md").read_text()

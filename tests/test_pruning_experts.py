@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hf_minitron import ImportanceScores, MinitronError, PruningConfig, estimate_importance, prune_model
+from hf_minitron.model_folder import read_record
 from hf_minitron.moe import sparse_layers
 from hf_minitron.reconstruction import ReconstructionConfig, reconstruct_model
 
@@ -97,10 +98,33 @@ def test_saliency_drops_a_routed_but_silent_expert_that_frequency_keeps(family):
         for _, experts in sparse_layers(model).values():
             experts.down_proj[0] = 0  # routed to as often as before, but writes nothing
     scores = scores_of(model)
-    by_saliency = prune_model(copy.deepcopy(model), PruningConfig(num_experts=3), scores)
+    by_saliency = prune_model(copy.deepcopy(model), PruningConfig(num_experts=3, expert_selection="saliency"), scores)
     assert all(v == [1, 2, 3] for v in by_saliency.config.minitron_pruning["kept_experts"].values())
     by_frequency = prune_model(copy.deepcopy(model), PruningConfig(num_experts=4, expert_selection="frequency"), scores)
     assert all(v == [0, 1, 2, 3] for v in by_frequency.config.minitron_pruning["kept_experts"].values())
+    # Routed output mass (saliency × frequency): a silent expert has none either.
+    by_mass = prune_model(copy.deepcopy(model), PruningConfig(num_experts=3, expert_selection="mass"), scores)
+    assert all(v == [1, 2, 3] for v in by_mass.config.minitron_pruning["kept_experts"].values())
+
+
+def test_mass_ranks_a_busy_expert_above_a_rarely_chosen_loud_one():
+    """REAP's mean over routed tokens can prefer an expert chosen once with a large output; the mass
+    (summed over all tokens) weighs in how often it is chosen."""
+    model = moe_model("qwen3_moe")
+    scores = scores_of(model)
+    layers, count = scores.expert_saliency.shape
+    saliency = torch.ones(layers, count)
+    saliency[:, 0] = 10.0  # loud when chosen ...
+    frequency = torch.full((layers, count), 0.3)
+    frequency[:, 0] = 0.01  # ... but hardly ever chosen
+    scores.expert_saliency, scores.expert_frequency = saliency, frequency
+    keep = count - 1
+    by_saliency = prune_model(
+        copy.deepcopy(model), PruningConfig(num_experts=keep, expert_selection="saliency"), scores
+    )
+    by_mass = prune_model(copy.deepcopy(model), PruningConfig(num_experts=keep), scores)  # the default
+    assert all(0 in v for v in by_saliency.config.minitron_pruning["kept_experts"].values())
+    assert all(0 not in v for v in by_mass.config.minitron_pruning["kept_experts"].values())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -212,7 +236,7 @@ def test_prune_command_cuts_experts_from_flags(tmp_path):
     assert main([str(a) for a in argv]) == 0
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
     assert (pruned.config.num_experts, pruned.config.moe_intermediate_size) == (4, 16)
-    assert pruned.config.minitron_pruning["expert_selection"] == "frequency"
+    assert read_record(tmp_path / "pruned")["expert_selection"] == "frequency"
     saved = PruningConfig.from_pretrained(tmp_path / "pruned")
     assert (saved.num_experts, saved.moe_intermediate_size, saved.expert_selection) == (4, 16, "frequency")
 

@@ -32,8 +32,9 @@ def register(subparsers):
     targets.add_argument(
         "--expert-selection",
         choices=EXPERT_SELECTIONS,
-        default="saliency",
-        help="how --num-experts chooses: router weight x expert output norm (saliency) or routing frequency",
+        default="mass",
+        help="how --num-experts chooses: router weight x expert output norm summed over all tokens (mass), "
+        "averaged over the routed tokens (saliency, REAP), or routing frequency",
     )
     targets.add_argument("--pruning-config", default=None, help="a pruning_config.json instead of target flags")
     targets.add_argument(

@@ -17,7 +17,7 @@ WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_attention_heads", "num
 EXPERT_TARGETS = ("num_experts", "moe_intermediate_size")
 # Every target size a PruningConfig takes (the order the command line lists them in).
 TARGETS = (*WIDTH_TARGETS, "num_hidden_layers", *EXPERT_TARGETS)
-EXPERT_SELECTIONS = ("saliency", "frequency")
+EXPERT_SELECTIONS = ("saliency", "frequency", "mass")
 
 
 @dataclass
@@ -47,7 +47,11 @@ class PruningConfig:
             best ones). For Mixtral this is the config's ``intermediate_size``, which there is the
             expert width.
         expert_selection: which experts go — ``saliency`` (REAP: mean gate weight × expert output
-            norm over the tokens routed to the expert) or ``frequency`` (how often it is routed to).
+            norm over the tokens routed to the expert), ``frequency`` (how often it is routed to) or
+            ``mass`` (the default: gate weight × output norm summed over all tokens, i.e. saliency ×
+            frequency, so a rarely chosen expert with large outputs does not outrank a busy one, and a
+            busy one that writes nothing still goes; bench/moe_recovery.py measured it beside frequency
+            and well ahead of saliency).
     Options:
         head_residual_merge: when query heads are cut from L to K per group, fold pruned heads
             into kept ones as in Minitron: head_i ← 2·head_i − head_{2K−i+1}, applied to each
@@ -64,7 +68,7 @@ class PruningConfig:
     head_residual_merge: bool = False
     num_experts: int | None = None
     moe_intermediate_size: int | None = None
-    expert_selection: str = "saliency"
+    expert_selection: str = "mass"
 
     def __post_init__(self) -> None:
         for name in TARGETS:

@@ -84,7 +84,11 @@ def choose_experts(model, config: PruningConfig, scores: ImportanceScores | None
     sparse = [i for i in keep_layers if i in all_sparse]
     experts = neurons = None
     if target["num_experts"] < source["num_experts"]:
-        ranking = scores.expert_saliency if config.expert_selection == "saliency" else scores.expert_frequency
+        ranking = {
+            "saliency": scores.expert_saliency,
+            "frequency": scores.expert_frequency,
+            "mass": scores.expert_saliency * scores.expert_frequency,
+        }[config.expert_selection]
         experts = {i: _top_k_sorted(ranking[i], target["num_experts"]) for i in sparse}
     if target["moe_intermediate_size"] < source["moe_intermediate_size"]:
         neurons = {}

@@ -38,6 +38,7 @@ from hf_minitron import (
     prune_model,
     reconstruct_models,
 )
+from hf_minitron.data import iter_texts
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.importance.depth import measure_block_lm_loss
 from hf_minitron.shapes import model_shape
@@ -81,6 +82,24 @@ VARIANTS = {
 }
 
 
+def interleave(*groups: list[str]) -> list[str]:
+    """Texts of each group in turn, so any prefix holds every kind."""
+    return [group[i] for i in range(max(map(len, groups))) for group in groups if i < len(group)]
+
+
+# Calibration text: the demo's documentation; with the dolly pairs of ../shared/data (not on a user's
+# machine); with the library's built-in everyday prompts, text by text (the long documentation topics
+# then hold most tokens) or as a mixture of half the samples each; or those prompts alone.
+CALIBRATIONS = {
+    "docs": lambda: "builtin:python-docs",
+    "mixed": mixed_texts,
+    "docs+prompts": lambda: interleave(list(iter_texts("builtin:python-docs")), list(iter_texts(PROMPTS))),
+    "docs|prompts": lambda: {"builtin:python-docs": 0.5, PROMPTS: 0.5},
+    "prompts": lambda: PROMPTS,
+}
+PROMPTS = "builtin:seed-prompts"
+
+
 def answers(model, tokenizer, prompts) -> list[str]:
     """Greedy 8-token continuations, one prompt at a time (no padding to get wrong)."""
     texts = []
@@ -98,7 +117,7 @@ def facts_answered(model, tokenizer, facts) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calibration", choices=("docs", "mixed"), default="docs")
+    parser.add_argument("--calibration", choices=tuple(CALIBRATIONS), default="docs")
     parser.add_argument("--calibration-samples", type=int, default=32)
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
@@ -122,7 +141,7 @@ def main() -> None:
     results["facts"] = [word for _, word in known]
     print(f"teacher: {len(known)}/{len(FACTS)} facts, docs ppl {results['teacher']['ppl_docs']:.2f}", flush=True)
 
-    text = mixed_texts() if args.calibration == "mixed" else "builtin:python-docs"
+    text = CALIBRATIONS[args.calibration]()
     calibration = build_calibration_set(text, tokenizer, num_samples=args.calibration_samples, seq_len=256)
     scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
     depths = sorted({30 - c.num_hidden_layers for c in shapes.values() if c.num_hidden_layers})

@@ -3,14 +3,19 @@
 Built-in text: every Python installation carries its reference documentation as
 ``pydoc_data.topics`` (about 113k SmolLM2 tokens of English prose and code), so the
 offline demo needs no download. It is split deterministically into a calibration /
-training part and a held-out part that nothing trains or calibrates on.
+training part and a held-out part that nothing trains or calibrates on. The library's own
+everyday-knowledge prompts (``builtin:seed-prompts``, 578 short questions and instructions about
+science, history, how-to, stories and code) are text too: mixed into the calibration set, they keep
+pruning from choosing only what documentation needs.
+
+Calibration may mix sources: a mapping ``{source: share}`` draws that share of the samples from each.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from .errors import MinitronError
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_TEXTS = ("builtin:python-docs", "builtin:python-docs-heldout")
+BUILTIN_TEXTS = ("builtin:python-docs", "builtin:python-docs-heldout", "builtin:seed-prompts")
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet")
 
 
@@ -124,8 +129,14 @@ def iter_texts(
 ) -> Iterator[str]:
     """Yield texts from a list of strings, a ``datasets`` object, a local file or folder,
     a Hub dataset id, or one of the built-in texts."""
-    if isinstance(source, str) and source in BUILTIN_TEXTS:
+    if isinstance(source, str) and source == "builtin:seed-prompts":
+        from .distillation_data.prompts import builtin_seed_prompts
+
+        yield from builtin_seed_prompts()
+    elif isinstance(source, str) and source in BUILTIN_TEXTS:
         yield from _python_docs(heldout=source.endswith("heldout"))
+    elif is_mixture(source):
+        raise MinitronError("A mapping of sources to shares is a calibration mixture", fix="name one text source here")
     elif isinstance(source, (list, tuple)):
         for item in source:
             if not isinstance(item, str):
@@ -167,7 +178,12 @@ def iter_texts(
 
 
 def check_text_source(source) -> None:
-    """Cheap early check for sources that name local files: they must exist."""
+    """Cheap early check for sources that name local files: they must exist (each source of a mixture)."""
+    if is_mixture(source):
+        mixture_shares(source, 1)
+        for part in source:
+            check_text_source(part)
+        return
     looks_local = isinstance(source, (str, Path)) and (
         Path(source).suffix in TEXT_SUFFIXES or str(source).startswith((".", "/", "~"))
     )
@@ -177,6 +193,10 @@ def check_text_source(source) -> None:
 
 def describe_text_source(source) -> str:
     """A short, publishable description of where text came from (no local paths)."""
+    if is_mixture(source):
+        return " + ".join(f"{100 * share:.0f}% {describe_text_source(part)}" for part, share in _shares(source))
+    if source == "builtin:seed-prompts":
+        return f"{source} (hf_minitron's everyday-knowledge prompts)"
     if isinstance(source, str) and source in BUILTIN_TEXTS:
         return f"{source} (Python's bundled reference documentation)"
     if isinstance(source, (list, tuple)):
@@ -184,6 +204,38 @@ def describe_text_source(source) -> str:
     if isinstance(source, (str, Path)):
         return Path(source).name if Path(source).exists() else str(source)
     return type(source).__name__
+
+
+def is_mixture(source) -> bool:
+    """A calibration mixture {source: share}; a ``datasets.DatasetDict`` is a mapping too, but not one."""
+    return isinstance(source, Mapping) and not type(source).__module__.startswith("datasets")
+
+
+def _shares(mixture: Mapping) -> list[tuple[str, float]]:
+    total = sum(mixture.values())
+    return [(part, share / total) for part, share in mixture.items()]
+
+
+def mixture_shares(mixture: Mapping, num_samples: int) -> dict[str, int]:
+    """Samples each source of a calibration mixture gives: its share of ``num_samples`` (largest
+    remainders round up, so the counts add up exactly)."""
+    bad = [
+        f"{part!r}: {share!r}"
+        for part, share in mixture.items()
+        if not isinstance(part, str) or isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0
+    ]
+    if not mixture or bad:
+        raise MinitronError(
+            "A calibration mixture maps each text source to a positive share",
+            f"got {', '.join(bad) or 'no sources'}",
+            "write e.g. {builtin:python-docs: 0.5, builtin:seed-prompts: 0.5}",
+        )
+    exact = {part: share * num_samples for part, share in _shares(mixture)}
+    counts = {part: int(value) for part, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda part: counts[part] - exact[part])
+    for part in by_remainder[: num_samples - sum(counts.values())]:
+        counts[part] += 1
+    return counts
 
 
 @dataclass
@@ -237,6 +289,22 @@ def build_calibration_set(
             f"num_samples ({num_samples}) must be ≥ 1 and seq_len ({seq_len}) ≥ 2",
             fix="pass positive sizes",
         )
+    if is_mixture(source):  # a mixture: each source's share of the samples, in the order given
+        samples = []
+        for part, count in mixture_shares(source, num_samples).items():
+            if count:
+                part_set = build_calibration_set(
+                    part,
+                    tokenizer,
+                    num_samples=count,
+                    seq_len=seq_len,
+                    packing=packing,
+                    text_column=text_column,
+                    dataset_config=dataset_config,
+                    split=split,
+                )
+                samples += part_set.samples
+        return CalibrationSet(samples, part_set.pad_token_id, describe_text_source(source))
     texts = iter_texts(source, text_column=text_column, dataset_config=dataset_config, split=split, tokenizer=tokenizer)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos

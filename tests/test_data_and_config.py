@@ -8,8 +8,9 @@ import torch
 from transformers import GPT2Config
 
 from hf_minitron import MinitronError, PruningConfig, build_calibration_set, family_for
-from hf_minitron.data import iter_texts
+from hf_minitron.data import iter_texts, mixture_shares
 from hf_minitron.families import FAMILIES
+from hf_minitron.pipeline.recipe import parse_recipe
 from hf_minitron.pruning.plan import compile_plan, match_parameter
 
 from helpers import FAMILY_CONFIGS, MOE_FAMILY_CONFIGS, SHARED_DATA, tiny_model, tiny_moe_model
@@ -60,6 +61,33 @@ def test_builtin_text_is_split_into_disjoint_parts():
     heldout = list(iter_texts("builtin:python-docs-heldout"))
     assert len(train) > 3 * len(heldout) > 0
     assert not set(train) & set(heldout)
+
+
+def test_calibration_mixture_draws_each_share_of_the_samples():
+    tokenizer = CharTokenizer()
+    assert mixture_shares({"x": 1, "y": 1, "z": 1}, 8) == {"x": 3, "y": 3, "z": 2}
+    assert mixture_shares({"x": 0.25, "y": 0.75}, 8) == {"x": 2, "y": 6}
+    mixed = build_calibration_set(
+        {"builtin:python-docs": 0.5, "builtin:seed-prompts": 0.5}, tokenizer, num_samples=6, seq_len=32
+    )
+    docs = build_calibration_set("builtin:python-docs", tokenizer, num_samples=3, seq_len=32)
+    prompts = build_calibration_set("builtin:seed-prompts", tokenizer, num_samples=3, seq_len=32)
+    assert [s.tolist() for s in mixed.samples] == [s.tolist() for s in docs.samples + prompts.samples]
+    assert mixed.description.startswith("50% builtin:python-docs") and "50% builtin:seed-prompts" in mixed.description
+    assert len(list(iter_texts("builtin:seed-prompts"))) > 500
+
+
+@pytest.mark.parametrize(
+    "mixture, message",
+    [({}, "no sources"), ({"builtin:python-docs": 0}, "positive share"), ({"builtin:python-docs": "half"}, "half")],
+)
+def test_bad_calibration_mixture(mixture, message):
+    with pytest.raises(MinitronError, match=message):
+        build_calibration_set(mixture, CharTokenizer(), num_samples=4, seq_len=16)
+    with pytest.raises(MinitronError, match=message):
+        parse_recipe(
+            {"name": "x", "teacher": "t", "students": {"w": {"intermediate_size": 8}}, "calibration": {"data": mixture}}
+        )
 
 
 def test_shared_corpus_reads_as_text():

@@ -141,10 +141,11 @@ def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
     speed = json.loads((run.folder("evaluate") / "throughput.json").read_text())
     labels = dict(run.model_stages())
     final = f"{name} {labels['align'] if kind == 'Instruct' else labels.get('distill', labels['prune'])}"
+    calibration = recipe.calibration.data if recipe.students else None
     datasets = [
         d
         for d in (
-            recipe.calibration.data if recipe.students else None,
+            *(calibration if isinstance(calibration, dict) else [calibration]),  # each source of a mixture
             (recipe.distill or {}).get("dataset"),
             (recipe.align or {}).get("dataset"),
         )

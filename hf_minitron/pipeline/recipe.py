@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ..data import mixture_shares
 from ..errors import MinitronError
 from ..pruning import PruningConfig
 from ..reconstruction import ReconstructionConfig
@@ -34,7 +35,8 @@ GENERATED = "generated"  # a dataset value meaning "the generate_data stage's ou
 
 @dataclass
 class Calibration:
-    data: str = "builtin:python-docs"
+    # One text source, or a mixture {source: share of the samples}.
+    data: str | dict[str, float] = "builtin:python-docs"
     dataset_config: str | None = None
     num_samples: int = 1024
     seq_len: int = 4096
@@ -289,6 +291,11 @@ def parse_recipe(values: dict) -> Recipe:
         publish=_dataclass_section(Publish, values.get("publish"), "publish"),
         raw=copy.deepcopy(values),
     )
+    if isinstance(recipe.calibration.data, dict):
+        try:
+            mixture_shares(recipe.calibration.data, 1)
+        except MinitronError as error:
+            _fail("calibration", str(error))
     for section, settings in (("distill", recipe.distill), ("align", recipe.align)):
         if settings and settings.get("dataset") == GENERATED and recipe.generate_data is None:
             _fail(section, "uses dataset 'generated' but the recipe has no generate_data section")

@@ -89,6 +89,7 @@ def stage_inputs(recipe: Recipe, name: str) -> tuple[dict, dict]:
     for key, value in (section or {}).items():
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
+            flat.update({f"{key}[{k}]": k for k in value})  # a mixture's keys may name local files
         else:
             flat[key] = value
     signatures = {key: file_signature(value) for key, value in flat.items()}

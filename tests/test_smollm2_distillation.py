@@ -31,7 +31,7 @@ def test_distillation_lowers_student_loss_and_kl(
     student = prune_model(copy.deepcopy(teacher), target, teacher_scores).requires_grad_(True)
     args = DistillationConfig(
         output_dir=str(tmp_path),
-        max_steps=20,
+        max_steps=10,
         per_device_train_batch_size=4,
         per_device_eval_batch_size=4,
         learning_rate=5e-4,
@@ -63,7 +63,7 @@ def test_distillation_lowers_student_loss_and_kl(
         assert after["eval_intermediate"] < before["eval_intermediate"]
     tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
     record_measurement(
-        f"SmolLM2 {name} student, 20 distillation steps ({int(tokens)} tokens): held-out LM loss "
+        f"SmolLM2 {name} student, 10 distillation steps ({int(tokens)} tokens): held-out LM loss "
         f"{before['eval_student_lm_loss']:.3f} → {after['eval_student_lm_loss']:.3f} (teacher "
         f"{after['eval_teacher_lm_loss']:.3f}), KL {before['eval_kl']:.3f} → {after['eval_kl']:.3f}"
     )

@@ -45,12 +45,12 @@ from hf_minitron import (
     CalibrationSet,
     PruningConfig,
     build_calibration_set,
-    builtin_teacher,
     estimate_importance,
+    load_model_and_tokenizer,
     prune_model,
     reconstruct_models,
 )
-from hf_minitron.data import iter_texts
+from hf_minitron.data import iter_texts, row_prefix
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.evaluation.tasks import load_task, score_task
@@ -59,12 +59,22 @@ from hf_minitron.importance.depth import measure_block_lm_loss
 from hf_minitron.shapes import model_shape
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHAPES = {
-    "width50": PruningConfig(hidden_size=432, intermediate_size=768),
-    "depth15": PruningConfig(num_hidden_layers=15, layer_selection="lm_loss"),
-    "width25": PruningConfig(hidden_size=540, intermediate_size=1152),
-    "depth23": PruningConfig(num_hidden_layers=23, layer_selection="lm_loss"),
+# The shapes of each teacher: about half and about three quarters of its non-embedding parameters.
+SHAPES_OF = {
+    "builtin:smollm2-135m": {
+        "width50": PruningConfig(hidden_size=432, intermediate_size=768),
+        "depth15": PruningConfig(num_hidden_layers=15, layer_selection="lm_loss"),
+        "width25": PruningConfig(hidden_size=540, intermediate_size=1152),
+        "depth23": PruningConfig(num_hidden_layers=23, layer_selection="lm_loss"),
+    },
+    # Gemma 3 270M: 18 layers, hidden 640 (4 query heads, 1 KV head, head_dim 256), MLP 2048. The shapes
+    # of recipes/gemma3-270m-demo.yaml; hidden must stay a multiple of the 4 heads.
+    "builtin:gemma3-270m": {
+        "width50": PruningConfig(hidden_size=448, intermediate_size=1152),
+        "depth9": PruningConfig(num_hidden_layers=9, layer_selection="lm_loss"),
+    },
 }
+SHAPES = SHAPES_OF["builtin:smollm2-135m"]
 VARIANTS = ("reconstructed", "pruned", "magnitude", "random")
 HELD_OUT = {"docs": "builtin:python-docs-heldout", "shakespeare": str(SHARED / "corpus" / "tinyshakespeare.txt")}
 TASKS = ("arc_easy", "piqa", "winogrande")
@@ -86,11 +96,14 @@ def mixed_texts() -> list[str]:
 
 
 def token_blocks(tokenizer, texts: list[str], length: int, count: int) -> list[list[int]]:
-    """``count`` blocks of exactly ``length`` tokens from the texts joined with EOS, repeated if needed."""
+    """``count`` blocks of exactly ``length`` tokens from the texts joined with EOS, repeated if needed;
+    each starts with BOS when the tokenizer adds one (as the library's own blocks do)."""
+    prefix = row_prefix(tokenizer)
     stream: list[int] = []
     for text in texts:
-        stream += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
-    blocks = [stream[i : i + length] for i in range(0, len(stream) - length + 1, length)]
+        stream += tokenizer(text, add_special_tokens=not prefix)["input_ids"] + [tokenizer.eos_token_id]
+    take = length - len(prefix)
+    blocks = [prefix + stream[i : i + take] for i in range(0, len(stream) - take + 1, take)]
     return [blocks[i % len(blocks)] for i in range(count)]
 
 
@@ -126,7 +139,7 @@ def random_like(student):
 
 
 def students_for(name, teacher, scores, magnitude, calibration, args) -> dict:
-    config = SHAPES[name]
+    config = SHAPES_OF[args.teacher][name]
     students = {}
     if {"reconstructed", "pruned", "random"} & set(args.variants):
         pruned = prune_model(copy.deepcopy(teacher), config, scores)
@@ -262,7 +275,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", default="0,5000,20000", help="comma-separated distillation token counts")
-    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--teacher", choices=tuple(SHAPES_OF), default="builtin:smollm2-135m")
+    parser.add_argument("--shapes", default=None, help=f"comma-separated; default: all of the teacher's ({SHAPES_OF})")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--calibration-samples", type=int, default=128)
     parser.add_argument("--calibration-len", type=int, default=256)
@@ -277,20 +291,27 @@ def main() -> None:
     args = parser.parse_args()
     args.tokens = sorted(int(n) for n in args.tokens.split(","))
     args.variants = args.variants.split(",")
+    shapes = SHAPES_OF[args.teacher]
+    args.shapes = args.shapes or ",".join(shapes)
+    unknown = set(args.shapes.split(",")) - set(shapes)
+    if unknown:
+        parser.error(f"{args.teacher} has no shape {', '.join(sorted(unknown))}; it has {', '.join(shapes)}")
     args.tokens_per_step = args.batch * args.block
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     start = time.time()
 
-    teacher, tokenizer = builtin_teacher()
+    teacher, tokenizer = load_model_and_tokenizer(args.teacher, dtype=torch.float32)
     teacher.to(args.device).eval()
+    layers = teacher.config.num_hidden_layers
     texts = mixed_texts()
     calibration = build_calibration_set(
         texts, tokenizer, num_samples=args.calibration_samples, seq_len=args.calibration_len
     )
     scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
-    depths = sorted({30 - SHAPES[s].num_hidden_layers for s in args.shapes.split(",") if SHAPES[s].num_hidden_layers})
+    configs = [shapes[name] for name in args.shapes.split(",")]
+    depths = sorted({layers - c.num_hidden_layers for c in configs if c.num_hidden_layers})
     subset = CalibrationSet(calibration.samples[: args.block_samples], calibration.pad_token_id)
     scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, depths, progress=False)
     magnitude = magnitude_importance(teacher)

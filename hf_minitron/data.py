@@ -206,6 +206,23 @@ def describe_text_source(source) -> str:
     return type(source).__name__
 
 
+def row_prefix(tokenizer) -> list[int]:
+    """``[BOS]`` when the tokenizer starts every text with it (Gemma, Llama 3), else ``[]``.
+
+    Rows cut from the middle of a packed token stream (calibration samples, training blocks, perplexity
+    windows) start with it too: models trained that way rely on it as their first token. Measured on
+    the built-in Gemma 3 270M, held-out documentation windows of 256 tokens: perplexity 64.5 without
+    BOS, 14.2 with it. SmolLM2 adds none, so its rows are unchanged."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    try:
+        ids = tokenizer("a")["input_ids"]
+    except Exception:  # a minimal tokenizer object without the plain call
+        return []
+    return [bos] if len(ids) > 0 and ids[0] == bos else []
+
+
 def is_mixture(source) -> bool:
     """A calibration mixture {source: share}; a ``datasets.DatasetDict`` is a mapping too, but not one."""
     return isinstance(source, Mapping) and not type(source).__module__.startswith("datasets")
@@ -311,6 +328,8 @@ def build_calibration_set(
     samples: list[torch.Tensor] = []
     stream: list[int] = []
     seen_text = False
+    prefix = row_prefix(tokenizer) if packing else []
+    take = max(seq_len - len(prefix), 1)
     for text in texts:
         if not text or not text.strip():
             continue
@@ -318,9 +337,9 @@ def build_calibration_set(
         ids = tokenizer(text, add_special_tokens=not packing)["input_ids"]
         if packing:
             stream.extend(ids + ([eos] if eos is not None else []))
-            while len(stream) >= seq_len and len(samples) < num_samples:
-                samples.append(torch.tensor(stream[:seq_len]))
-                del stream[:seq_len]
+            while len(stream) >= take and len(samples) < num_samples:
+                samples.append(torch.tensor(prefix + stream[:take]))
+                del stream[:take]
         elif len(ids) >= 2:
             samples.append(torch.tensor(ids[:seq_len]))
         if len(samples) >= num_samples:
@@ -398,7 +417,9 @@ def token_block_dataset(dataset, tokenizer, block_size: int, text_column: str | 
         text = _text_of_row(row, text_column, tokenizer)
         if text.strip():
             stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-    blocks = [stream[start : start + block_size] for start in range(0, len(stream) - block_size + 1, block_size)]
+    prefix = row_prefix(tokenizer)
+    take = block_size - len(prefix)
+    blocks = [prefix + stream[start : start + take] for start in range(0, len(stream) - take + 1, take)]
     if not blocks:
         raise MinitronError(
             f"The training text holds {len(stream)} tokens, fewer than one block of {block_size}",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..data import iter_texts
+from ..data import iter_texts, row_prefix
 from ..errors import MinitronError
 from ..families import family_for, final_logit_softcap, get_module
 from ..nll import IGNORE_INDEX, chunked_nll
@@ -111,10 +111,16 @@ def perplexity(
     stride = stride or seq_len
     if not 0 < stride <= seq_len:
         raise MinitronError(f"stride ({stride}) must be between 1 and seq_len ({seq_len})")
+    # Each window starts with the tokenizer's BOS when it adds one (row_prefix), scored never; the text
+    # itself is one stream of tokens without it.
+    prefix = row_prefix(tokenizer)
+    if seq_len - len(prefix) < 1:
+        raise MinitronError(f"seq_len ({seq_len}) leaves no room after the BOS token")
+    seq_len, stride = seq_len - len(prefix), min(stride, seq_len - len(prefix))
     stream: list[int] = []
     for text in iter_texts(source, text_column=text_column, tokenizer=tokenizer):
         if text.strip():
-            stream.extend(tokenizer(text)["input_ids"] + [tokenizer.eos_token_id])
+            stream.extend(tokenizer(text, add_special_tokens=not prefix)["input_ids"] + [tokenizer.eos_token_id])
         if max_tokens and len(stream) >= max_tokens + 1:
             break
     stream = stream[: max_tokens + 1] if max_tokens else stream
@@ -132,14 +138,15 @@ def perplexity(
     steps = range(0, len(windows), batch_size)
     for start in tqdm(steps, desc="perplexity", leave=False, disable=not progress):
         group = windows[start : start + batch_size]
-        width = max(end - begin for begin, end, _ in group)
+        width = len(prefix) + max(end - begin for begin, end, _ in group)
         ids = torch.full((len(group), width), tokenizer.pad_token_id or 0, dtype=torch.long)
         mask = torch.zeros_like(ids)
         score = torch.zeros_like(ids)
         for row, (begin, end, first) in enumerate(group):
-            ids[row, : end - begin] = torch.tensor(stream[begin:end])
-            mask[row, : end - begin] = 1
-            score[row, first : end - begin] = 1
+            length = len(prefix) + end - begin
+            ids[row, :length] = torch.tensor(prefix + stream[begin:end])
+            mask[row, :length] = 1
+            score[row, len(prefix) + first : length] = 1
         nll, n = token_nll(model, ids, mask, score_mask=score)
         total, count = total + float(nll), count + n
     nll = total / count

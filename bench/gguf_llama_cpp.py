@@ -1,12 +1,14 @@
 """GGUF exports run in llama.cpp (llama-cpp-python) against transformers: token ids, logits, generations.
 
-SmolLM2 (the teacher and a width-pruned student, hidden 432 / MLP 768) and Gemma 3 270M (the teacher,
+SmolLM2 (the teacher, a width-pruned student with hidden 432 / MLP 768, and with --demo-students the
+demo's width and depth shapes re-fitted; --student adds saved folders) and Gemma 3 270M (the teacher,
 its SentencePiece tokenizer included) are exported to F32, F16 and Q8_0; each file is loaded in
 llama.cpp and compared with the transformers model it came from: the token ids of every probe string,
-next-token top-1 agreement and mean KL per position, and whether greedy continuations are identical.
+next-token top-1 agreement and mean KL per position (over the sample prompts and --passages passages
+of held-out documentation), and whether greedy continuations of the prompts are identical.
 Needs ``pip install llama-cpp-python`` (builds from source); Gemma 3 also needs the built-in's packages.
 
-    .venv/bin/python bench/gguf_llama_cpp.py [--models smollm2 gemma3] [--generate 24]
+    .venv/bin/python bench/gguf_llama_cpp.py [--models smollm2 gemma3] [--generate 24] [--demo-students]
 
 (Not named llama_cpp.py: the script's folder comes first on the import path and would hide the package.)
 """
@@ -21,7 +23,18 @@ from pathlib import Path
 
 import torch
 
-from hf_minitron import PruningConfig, builtin_teacher, estimate_importance, prune_model
+from hf_minitron import (
+    CalibrationSet,
+    PruningConfig,
+    ReconstructionConfig,
+    build_calibration_set,
+    builtin_teacher,
+    estimate_importance,
+    prune_model,
+    reconstruct_models,
+)
+from hf_minitron.data import iter_texts, row_prefix
+from hf_minitron.importance.depth import measure_block_lm_loss
 from hf_minitron.loading import load_model_and_tokenizer
 from hf_minitron.quantization import export_gguf
 from hf_minitron.quantization.llama_cpp_check import (
@@ -39,18 +52,50 @@ def chat_text(tokenizer) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": "Hi there!"}], tokenize=False)
 
 
-def smollm2_models():
+def smollm2_models(args):
     teacher, tokenizer = builtin_teacher()
     scores = estimate_importance(
         teacher, tokenizer, "builtin:python-docs", num_samples=8, seq_len=128, batch_size=4, progress=False
     )
     student = prune_model(copy.deepcopy(teacher), PruningConfig(hidden_size=432, intermediate_size=768), scores)
+    models = [("SmolLM2-135M teacher", teacher), ("width-pruned 432/768", student)]
+    if args.demo_students:
+        models += demo_students(teacher, tokenizer)
+    models += [(path, load_model_and_tokenizer(path, dtype=torch.float32)[0]) for path in args.student]
     # SmolLM2's own splitting rules are the reference for ids (see with_smollm2_pre_tokenizer's note).
     reference = with_smollm2_pre_tokenizer(tokenizer)
-    return tokenizer, reference, [("SmolLM2-135M teacher", teacher), ("width-pruned 432/768", student)]
+    return tokenizer, reference, models
 
 
-def gemma3_models():
+def demo_students(teacher, tokenizer):
+    """The demo's two shapes, calibrated and re-fitted as its recipe does (no distillation)."""
+    mixture = {"builtin:python-docs": 0.5, "builtin:seed-prompts": 0.5}
+    calibration = build_calibration_set(mixture, tokenizer, num_samples=32, seq_len=256)
+    scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
+    subset = CalibrationSet(calibration.samples[:8], calibration.pad_token_id)
+    scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, [4], progress=False)
+    shapes = {
+        "width MLP 1280, re-fitted": PruningConfig(intermediate_size=1280),
+        "depth 26/30, re-fitted": PruningConfig(num_hidden_layers=26, layer_selection="lm_loss"),
+    }
+    students = [(label, prune_model(copy.deepcopy(teacher), config, scores)) for label, config in shapes.items()]
+    settings = ReconstructionConfig(layers="changed")
+    reconstruct_models(teacher, [s for _, s in students], calibration, config=settings, progress=False)
+    return students
+
+
+def held_out_passages(tokenizer, count: int, length: int) -> list[list[int]]:
+    """``count`` passages of ``length`` tokens of held-out documentation (never calibrated on), each
+    after a BOS where the tokenizer adds one (Gemma needs it)."""
+    prefix, stream = row_prefix(tokenizer), []
+    for text in iter_texts("builtin:python-docs-heldout"):
+        stream += tokenizer(text, add_special_tokens=False).input_ids
+        if len(stream) >= count * length:
+            break
+    return [prefix + stream[i * length : (i + 1) * length] for i in range(count)]
+
+
+def gemma3_models(args):
     teacher, tokenizer = load_model_and_tokenizer("builtin:gemma3-270m", dtype=torch.float32)
     return tokenizer, tokenizer, [("Gemma 3 270M teacher", teacher)]
 
@@ -60,6 +105,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=("smollm2", "gemma3"), default=["smollm2", "gemma3"])
     parser.add_argument("--types", nargs="+", default=["F32", "F16", "Q8_0"])
     parser.add_argument("--generate", type=int, default=24, help="greedy tokens per prompt")
+    parser.add_argument("--embedding-type", default=None, help="GGUF type of token_embd / output (e.g. F16)")
+    parser.add_argument("--passages", type=int, default=8, help="held-out passages scored (not continued)")
+    parser.add_argument("--passage-len", type=int, default=128)
+    parser.add_argument("--demo-students", action="store_true", help="add the demo's two shapes, re-fitted")
+    parser.add_argument("--student", action="append", default=[], help="a saved SmolLM2 student folder")
     args = parser.parse_args()
     print(
         "| model | GGUF | probe strings with identical ids | positions | top-1 agreement | mean KL "
@@ -67,7 +117,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for which in args.models:
-        tokenizer, reference, models = {"smollm2": smollm2_models, "gemma3": gemma3_models}[which]()
+        tokenizer, reference, models = {"smollm2": smollm2_models, "gemma3": gemma3_models}[which](args)
+        passages = held_out_passages(tokenizer, args.passages, args.passage_len) if args.passages else []
         chat = chat_text(tokenizer)
         texts = probe_texts(chat)
         prompts = [*SAMPLE_PROMPTS, chat] if chat else SAMPLE_PROMPTS
@@ -76,9 +127,11 @@ def main() -> None:
                 for kind in args.types:
                     start = time.perf_counter()
                     path = Path(folder) / f"{kind}.gguf"
-                    export_gguf(model, path, kind, tokenizer=tokenizer, overwrite=True)
+                    export_gguf(
+                        model, path, kind, tokenizer=tokenizer, overwrite=True, embedding_type=args.embedding_type
+                    )
                     mismatches = tokenization_mismatches(reference, path, texts)
-                    result = logit_agreement(model, tokenizer, path, prompts, generate=args.generate)
+                    result = logit_agreement(model, tokenizer, path, prompts, generate=args.generate, passages=passages)
                     print(
                         f"| {label} | {kind} | {len(texts) - len(mismatches)}/{len(texts)} | {result.positions} "
                         f"| {100 * result.top1_agreement:.2f}% | {result.mean_kl:.2e} "

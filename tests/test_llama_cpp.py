@@ -5,11 +5,13 @@ Optional: skipped unless llama-cpp-python is installed (it builds llama.cpp from
 """
 
 import copy
+import itertools
 
 import pytest
 from test_gguf_tokenizer import tiny_sentencepiece_tokenizer
 
 from hf_minitron import PruningConfig, estimate_importance, prune_model
+from hf_minitron.data import iter_texts
 from hf_minitron.quantization import export_gguf
 from hf_minitron.quantization.llama_cpp_check import (
     SAMPLE_PROMPTS,
@@ -54,6 +56,23 @@ def test_teacher_logits_and_generations_match(smollm2, teacher_files, record_mea
     assert result.top1_agreement >= least_top1
     if kind == "F32":
         assert result.identical_generations == result.generations
+
+
+def test_q8_0_with_f16_embedding_over_held_out_passages(smollm2, tmp_path, record_measurement):
+    """Passages are scored position by position but not continued; an F16 embedding in a Q8_0 file
+    agrees with the model at least as often as the all-Q8_0 file over the same positions."""
+    model, tokenizer = smollm2
+    ids = tokenizer(" ".join(itertools.islice(iter_texts("builtin:python-docs-heldout"), 20))).input_ids
+    passages = [ids[i : i + 96] for i in range(0, 3 * 96, 96)]
+    results = {}
+    for embedding in ("Q8_0", "F16"):
+        path = export_gguf(model, tmp_path / f"{embedding}.gguf", "Q8_0", tokenizer=tokenizer, embedding_type=embedding)
+        results[embedding] = logit_agreement(model, tokenizer, path, SAMPLE_PROMPTS[:2], generate=4, passages=passages)
+    record_measurement(f"llama.cpp SmolLM2 Q8_0 over prompts + passages: {results}")
+    prompt_positions = sum(len(tokenizer(p).input_ids) for p in SAMPLE_PROMPTS[:2])
+    assert results["F16"].positions == prompt_positions + 3 * 96 and results["F16"].generations == 2
+    assert results["F16"].top1_agreement >= max(0.95, results["Q8_0"].top1_agreement)
+    assert results["F16"].mean_kl < results["Q8_0"].mean_kl
 
 
 def test_width_pruned_teacher_runs_in_llama_cpp(smollm2, teacher_scores, tmp_path, record_measurement):

@@ -66,6 +66,22 @@ def test_tied_embeddings_are_written_once(tmp_path):
     assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
 
 
+def test_embedding_type_keeps_the_embedding_apart_from_the_rest(tmp_path):
+    """Q8_0 everywhere but the (tied) embedding, which stays F16: the types are as asked, the logits
+    closer to the model's than with an all-Q8_0 file, and a bad type is refused before writing."""
+    model = tiny_model("llama", hidden_size=96, head_dim=32, max_position_embeddings=128)  # rows tile Q8_0 blocks
+    reference = model(IDS).logits
+    plain = export_gguf(model, tmp_path / "q8.gguf", "Q8_0", include_tokenizer=False)
+    mixed = export_gguf(model, tmp_path / "q8-f16.gguf", "Q8_0", include_tokenizer=False, embedding_type="F16")
+    assert {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(plain)).tensors}["token_embd.weight"] == "Q8_0"
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(mixed)).tensors}
+    assert types.pop("token_embd.weight") == "F16" and "Q8_0" in types.values()
+    assert relative_error(reload(mixed)(IDS).logits, reference) < relative_error(reload(plain)(IDS).logits, reference)
+    with pytest.raises(MinitronError, match="embedding type 'Q3_K' is not one of"):
+        export_gguf(model, tmp_path / "bad.gguf", "Q8_0", include_tokenizer=False, embedding_type="Q3_K")
+    assert not (tmp_path / "bad.gguf").exists()
+
+
 def test_gguf_bad_input(tmp_path):
     with pytest.raises(MinitronError, match=r"norm_topk_prob=False.*always renormalises"):
         export_gguf(tiny_moe_model("qwen3_moe", norm_topk_prob=False), tmp_path / "m.gguf", include_tokenizer=False)

@@ -19,6 +19,12 @@ def register(subparsers):
     gguf = subparsers.add_parser("export-gguf", help="write a model folder as one GGUF file for llama.cpp")
     gguf.add_argument("model_dir")
     gguf.add_argument("--type", dest="gguf_type", choices=GGUF_TYPES, default="F16")
+    gguf.add_argument(
+        "--embedding-type",
+        choices=GGUF_TYPES,
+        default=None,
+        help="type of the token embedding and LM head (default: --type), e.g. F16 in a Q8_0 file",
+    )
     gguf.add_argument("--output", "-o", default=None, help="the .gguf file to write (required)")
     gguf.add_argument("--no-tokenizer", dest="include_tokenizer", action="store_false")
     gguf.add_argument("--overwrite", action="store_true")
@@ -48,6 +54,7 @@ def run_export_gguf(args) -> None:
         include_tokenizer=args.include_tokenizer,
         overwrite=args.overwrite,
         pre_tokenizer=args.pre_tokenizer,
+        embedding_type=args.embedding_type,
     )
     print(
         f"Wrote {path} ({path.stat().st_size} bytes, {args.gguf_type}); "

@@ -119,15 +119,24 @@ class LogitAgreement:
 
 
 def logit_agreement(
-    model, tokenizer, path, prompts: list[str], generate: int = 24, f32_cache: bool = False
+    model,
+    tokenizer,
+    path,
+    prompts: list[str],
+    generate: int = 24,
+    f32_cache: bool = False,
+    passages: list[list[int]] = (),
 ) -> LogitAgreement:
     """Compare next-token distributions position by position, then greedy continuations of each prompt.
 
+    ``passages`` (token ids) are scored position by position too, but not continued: longer real text
+    gives the top-1 agreement many more positions than a few short prompts (one position of 100 is 1%).
     llama.cpp keeps its KV cache in F16 by default, which moves logits by ~1e-3; ``f32_cache`` keeps it in
     F32, for tiny random models whose near-flat logits have top-1 margins smaller than that.
     """
     encoded = [list(tokenizer(p).input_ids) for p in prompts]
-    context = max(len(ids) for ids in encoded) + generate + 8
+    scored = encoded + [list(ids) for ids in passages if len(ids)]
+    context = max(max(len(ids) for ids in scored), max(len(ids) for ids in encoded) + generate) + 8
     cache = {"type_k": 0, "type_v": 0} if f32_cache else {}  # 0: GGML_TYPE_F32
     runner = _load(path, n_ctx=context, n_batch=context, logits_all=True, **cache)
 
@@ -160,7 +169,7 @@ def logit_agreement(
 
     agree = total = identical = 0
     kl_sum = 0.0
-    for ids in encoded:
+    for ids in scored:
         reference, theirs = transformers_logits(ids), llama_cpp_logits(ids)
         vocab = min(reference.shape[-1], theirs.shape[-1])
         log_p = torch.log_softmax(torch.from_numpy(reference[:, :vocab]), -1)
@@ -168,5 +177,6 @@ def logit_agreement(
         kl_sum += float((log_p.exp() * (log_p - log_q)).sum())
         agree += int((reference.argmax(-1) == theirs.argmax(-1)).sum())
         total += len(ids)
+    for ids in encoded:
         identical += transformers_greedy(ids) == llama_cpp_greedy(ids)
     return LogitAgreement(total, agree / total, kl_sum / total, identical, len(encoded))

@@ -19,7 +19,7 @@ MEASURED_ON_CPU = {
     "kl": ("reference", "trl", "chunked"),
     "step_1b": ("trl", "ours"),
     "step_8b": ("trl", "ours"),
-    "importance": ("forward", "importance", "lm_forward"),
+    "importance": ("forward", "importance", "lm_forward", "reconstruction"),
     "prune": ("width", "depth"),
     "inference": ("teacher", "width", "depth"),
     "step_options": ("base", "packed_sdpa", "teacher_fp32", "grad_ckpt"),

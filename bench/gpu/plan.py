@@ -74,14 +74,15 @@ SECTIONS = (
     ),
     Section(
         "importance",
-        "Importance estimation vs a plain forward, 8B",
-        (SECONDS, TOKENS, ratio("× decoder forward"), NOTE),
+        "Importance estimation and reconstruction vs a plain forward, 8B",
+        (SECONDS, TOKENS, ratio("× decoder forward"), ratio("× importance"), NOTE),
         (
             ("forward", "plain decoder forward (what importance runs, without hooks)"),
             ("importance", "`estimate_importance` (heads, neurons, channels, block importance)"),
             ("lm_forward", "causal-LM forward with full logits"),
+            ("reconstruction", "`reconstruct_models`: least-squares re-fit of the width student, every layer"),
         ),
-        cap=40,
+        cap=60,
         tiny_cap=90,
     ),
     Section(

@@ -104,6 +104,23 @@ def mark_dequantized(model: torch.nn.Module) -> None:
         config = getattr(module, "config", None)
         if getattr(config, "_is_quantized", False):
             config._is_quantized = False  # otherwise .to(dtype) and .half() refuse
+    drop_gguf_reader_fields(model.config)
+
+
+# Fields transformers' GGUF reader copies from the file's metadata into the config (the file's general.name,
+# the tokenizer's unknown-token id). Config classes that do not define them would write them into every
+# saved config.json, where serving stacks ignore or reject them (check_serving_config reports them).
+_GGUF_READER_FIELDS = ("_model_name_or_path", "unk_token_id")
+
+
+def drop_gguf_reader_fields(config) -> None:
+    try:
+        defined = type(config)().to_dict()
+    except Exception:  # a config class that cannot be built without arguments: drop them all
+        defined = {}
+    for key in _GGUF_READER_FIELDS:
+        if key not in defined and key in config.__dict__:
+            delattr(config, key)
 
 
 def describe_source(name_or_path: str) -> str:

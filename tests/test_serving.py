@@ -43,6 +43,14 @@ def test_pruned_folders_carry_only_standard_config_fields(tmp_path, make, family
     assert reloaded.config.minitron_pruning["pruned_shape"] == record["pruned_shape"]
 
 
+def test_models_read_from_gguf_save_only_standard_fields(smollm2, tmp_path):
+    """transformers' GGUF reader puts the file's name and unk id into the config; loading drops them."""
+    model = smollm2[0]
+    assert "_model_name_or_path" not in model.config.to_diff_dict()
+    model.save_pretrained(tmp_path)
+    assert check_serving_config(tmp_path) == []
+
+
 def test_folders_of_older_versions_are_read_and_flagged(tmp_path):
     model = _pruned(tiny_model, "llama", PruningConfig(layers_to_drop=[0]))
     model.save_pretrained(tmp_path / "old")  # as older versions wrote it: the record inside config.json

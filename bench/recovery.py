@@ -1,8 +1,8 @@
 """Recovery curves: how much quality each distillation token buys back, with and without reconstruction.
 
-The built-in SmolLM2-135M-Instruct teacher, pruned to four shapes — the demo's width shape (hidden
-432, MLP 768: ~47% of the non-embedding parameters), depth 15/30 layers, and milder ~25% cuts of each
-(hidden 540 / MLP 1152, and 23/30 layers) — and four students per shape:
+The built-in SmolLM2-135M-Instruct teacher, pruned to five shapes — the demo's former width shape
+(hidden 432, MLP 768: ~47% of the non-embedding parameters), depth 15/30 layers, and milder ~25% cuts
+(hidden 540 / MLP 1152; MLP 1024 alone; 23/30 layers) — and four students per shape:
 
 - ``reconstructed``: activation importance, then the least-squares re-fit (hf_minitron's default)
 - ``pruned``:        activation importance, no re-fit
@@ -15,8 +15,10 @@ stopped earlier), and is evaluated after N tokens for each N of ``--tokens``: pe
 used neither for calibration nor training (held-out Python documentation, and Tiny Shakespeare as
 general English) and zero-shot accuracy on the tasks in ../shared/data/eval.
 
-Calibration and distillation text: Python's bundled documentation (training split) interleaved
-with the dolly instruction/response pairs in ../shared/data/sft.
+Distillation text: Python's bundled documentation (training split) interleaved with the dolly
+instruction/response pairs in ../shared/data/sft. Calibration text (``--calibration``): the same
+mixture (``docs+dolly``, default), or the demo's half documentation, half the library's everyday
+prompts (``docs+prompts``). ``--damping``, ``--layers`` and ``--span-method`` set the reconstruction's.
 
     .venv/bin/python bench/recovery.py                                  # CPU: N = 0, 5k, 20k
     .venv/bin/python bench/recovery.py --tokens 0,20000,80000,320000 --device cuda    # the full table
@@ -44,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_minitron import (
     CalibrationSet,
     PruningConfig,
+    ReconstructionConfig,
     build_calibration_set,
     estimate_importance,
     load_model_and_tokenizer,
@@ -66,6 +69,7 @@ SHAPES_OF = {
         "depth15": PruningConfig(num_hidden_layers=15, layer_selection="lm_loss"),
         "width25": PruningConfig(hidden_size=540, intermediate_size=1152),
         "depth23": PruningConfig(num_hidden_layers=23, layer_selection="lm_loss"),
+        "mlp25": PruningConfig(intermediate_size=1024),  # the same ~25% cut from the MLP alone
     },
     # Gemma 3 270M: 18 layers, hidden 640 (4 query heads, 1 KV head, head_dim 256), MLP 2048. The shapes
     # of recipes/gemma3-270m-demo.yaml; hidden must stay a multiple of the 4 heads.
@@ -78,6 +82,7 @@ SHAPES = SHAPES_OF["builtin:smollm2-135m"]
 VARIANTS = ("reconstructed", "pruned", "magnitude", "random")
 HELD_OUT = {"docs": "builtin:python-docs-heldout", "shakespeare": str(SHARED / "corpus" / "tinyshakespeare.txt")}
 TASKS = ("arc_easy", "piqa", "winogrande")
+CALIBRATIONS = ("docs+dolly", "docs+prompts")
 CHANCE = {"arc_easy": 0.25, "piqa": 0.5, "winogrande": 0.5}
 
 
@@ -154,7 +159,8 @@ def students_for(name, teacher, scores, magnitude, calibration, args) -> dict:
         students["magnitude"] = prune_model(copy.deepcopy(teacher), by_weights, magnitude)
     if "reconstructed" in students:
         start = time.time()
-        reconstruct_models(teacher, [students["reconstructed"]], calibration, progress=False)
+        settings = ReconstructionConfig(damping=args.damping, layers=args.layers, span_method=args.span_method)
+        reconstruct_models(teacher, [students["reconstructed"]], calibration, config=settings, progress=False)
         print(f"  {name}: reconstruction {time.time() - start:.1f} s", flush=True)
     return students
 
@@ -278,7 +284,11 @@ def main() -> None:
     parser.add_argument("--teacher", choices=tuple(SHAPES_OF), default="builtin:smollm2-135m")
     parser.add_argument("--shapes", default=None, help=f"comma-separated; default: all of the teacher's ({SHAPES_OF})")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--calibration", choices=CALIBRATIONS, default="docs+dolly")
     parser.add_argument("--calibration-samples", type=int, default=128)
+    parser.add_argument("--damping", type=float, default=0.1, help="reconstruction ridge damping")
+    parser.add_argument("--layers", default="all", help="reconstruction layers: all or changed")
+    parser.add_argument("--span-method", default="refit", help="reconstruction span method: refit or linear_map")
     parser.add_argument("--calibration-len", type=int, default=256)
     parser.add_argument("--block-samples", type=int, default=8, help="samples for ranking dropped layer blocks")
     parser.add_argument("--batch", type=int, default=8)
@@ -306,8 +316,9 @@ def main() -> None:
     teacher.to(args.device).eval()
     layers = teacher.config.num_hidden_layers
     texts = mixed_texts()
+    source = texts if args.calibration == "docs+dolly" else {"builtin:python-docs": 0.5, "builtin:seed-prompts": 0.5}
     calibration = build_calibration_set(
-        texts, tokenizer, num_samples=args.calibration_samples, seq_len=args.calibration_len
+        source, tokenizer, num_samples=args.calibration_samples, seq_len=args.calibration_len
     )
     scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
     configs = [shapes[name] for name in args.shapes.split(",")]

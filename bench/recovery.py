@@ -53,7 +53,7 @@ from hf_minitron import (
     prune_model,
     reconstruct_models,
 )
-from hf_minitron.data import iter_texts, row_prefix
+from hf_minitron.data import iter_texts, token_block_dataset
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.evaluation.tasks import load_task, score_task
@@ -101,14 +101,9 @@ def mixed_texts() -> list[str]:
 
 
 def token_blocks(tokenizer, texts: list[str], length: int, count: int) -> list[list[int]]:
-    """``count`` blocks of exactly ``length`` tokens from the texts joined with EOS, repeated if needed;
-    each starts with BOS when the tokenizer adds one (as the library's own blocks do)."""
-    prefix = row_prefix(tokenizer)
-    stream: list[int] = []
-    for text in texts:
-        stream += tokenizer(text, add_special_tokens=not prefix)["input_ids"] + [tokenizer.eos_token_id]
-    take = length - len(prefix)
-    blocks = [prefix + stream[i : i + take] for i in range(0, len(stream) - take + 1, take)]
+    """``count`` blocks of exactly ``length`` tokens cut as the library cuts training text (texts joined
+    with EOS, BOS first where the tokenizer adds one), repeated if needed."""
+    blocks = token_block_dataset([{"text": text} for text in texts], tokenizer, length)["input_ids"]
     return [blocks[i % len(blocks)] for i in range(count)]
 
 

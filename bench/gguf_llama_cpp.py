@@ -26,13 +26,13 @@ import torch
 from hf_minitron import (
     CalibrationSet,
     PruningConfig,
-    ReconstructionConfig,
     build_calibration_set,
     builtin_teacher,
     estimate_importance,
     prune_model,
     reconstruct_models,
 )
+from hf_minitron.cli.demo import demo_recipe
 from hf_minitron.data import iter_texts, row_prefix
 from hf_minitron.importance.depth import measure_block_lm_loss
 from hf_minitron.loading import load_model_and_tokenizer
@@ -68,20 +68,20 @@ def smollm2_models(args):
 
 
 def demo_students(teacher, tokenizer):
-    """The demo's two shapes, calibrated and re-fitted as its recipe does (no distillation)."""
-    mixture = {"builtin:python-docs": 0.5, "builtin:seed-prompts": 0.5}
-    calibration = build_calibration_set(mixture, tokenizer, num_samples=32, seq_len=256)
+    """The demo recipe's students, calibrated and re-fitted as its recipe says (no distillation)."""
+    recipe = demo_recipe()
+    settings = recipe.calibration
+    calibration = build_calibration_set(
+        settings.data, tokenizer, num_samples=settings.num_samples, seq_len=settings.seq_len
+    )
     scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
-    subset = CalibrationSet(calibration.samples[:8], calibration.pad_token_id)
-    scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, [4], progress=False)
-    shapes = {
-        "width MLP 1280, re-fitted": PruningConfig(intermediate_size=1280),
-        "depth 26/30, re-fitted": PruningConfig(num_hidden_layers=26, layer_selection="lm_loss"),
-    }
-    students = [(label, prune_model(copy.deepcopy(teacher), config, scores)) for label, config in shapes.items()]
-    settings = ReconstructionConfig(layers="changed")
-    reconstruct_models(teacher, [s for _, s in students], calibration, config=settings, progress=False)
-    return students
+    layers = teacher.config.num_hidden_layers
+    depths = sorted({layers - c.num_hidden_layers for c in recipe.students.values() if c.num_hidden_layers})
+    subset = CalibrationSet(calibration.samples[: settings.block_search_samples], calibration.pad_token_id)
+    scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, depths, progress=False)
+    students = [(name, prune_model(copy.deepcopy(teacher), c, scores)) for name, c in recipe.students.items()]
+    reconstruct_models(teacher, [s for _, s in students], calibration, config=recipe.reconstruction, progress=False)
+    return [(f"demo {name} student, re-fitted", student) for name, student in students]
 
 
 def held_out_passages(tokenizer, count: int, length: int) -> list[list[int]]:

@@ -223,6 +223,18 @@ def row_prefix(tokenizer) -> list[int]:
     return [bos] if len(ids) > 0 and ids[0] == bos else []
 
 
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """A prompt's token ids for generation, starting with BOS when the model expects one.
+
+    A chat template writes the BOS itself, so the text is tokenized without special tokens (a second
+    BOS would be out of distribution); plain text gets the row prefix here. Without it the built-in
+    Gemma 3 270M continues "The capital of France is" with "France. The The The ..."; with it, "the
+    capital of the country of France."."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    prefix = row_prefix(tokenizer)
+    return ids if ids[: len(prefix)] == prefix else prefix + ids
+
+
 def is_mixture(source) -> bool:
     """A calibration mixture {source: share}; a ``datasets.DatasetDict`` is a mapping too, but not one."""
     return isinstance(source, Mapping) and not type(source).__module__.startswith("datasets")

@@ -222,3 +222,32 @@ def test_rows_cut_from_a_stream_start_with_bos_when_the_tokenizer_adds_it():
         count += window.shape[1] - 1
     assert result.tokens == count
     assert result.nll == pytest.approx(total / count, rel=1e-5)
+
+
+def test_generation_prompts_start_with_bos_once_when_the_tokenizer_adds_it():
+    """Sample continuations and teacher-written data see the prompt as the model was trained to: the
+    built-in Gemma 3 270M, given "The capital of France is" without its BOS, writes "France. The The
+    The ..."; with it, "the capital of the country of France."."""
+    from types import SimpleNamespace
+
+    from hf_minitron.distillation_data.backends import TransformersBackend
+    from hf_minitron.pipeline.evaluate import sample_generation
+
+    model = tiny_model("llama").eval()
+    seen = []  # the ids of each forward's batch, the prompt's first
+    model.model.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(args[0].tolist()))
+    tokenizer = bos_tokenizer()
+    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
+    once = tokenizer("Once", add_special_tokens=False)["input_ids"]
+    templated = tokenizer("<Once>", add_special_tokens=False)["input_ids"]
+    seen.clear()
+    sample_generation(model, tokenizer, "Once", max_new_tokens=2, chat=False)
+    assert seen[0] == [[2, *once]]  # plain text gets the BOS
+    seen.clear()
+    sample_generation(model, tokenizer, "Once", max_new_tokens=2, chat=True)
+    assert seen[0] == [[2, *templated]]  # the template wrote it: no second one
+    seen.clear()
+    settings = SimpleNamespace(max_new_tokens=2, temperature=0.0, top_p=1.0, num_per_prompt=1)
+    TransformersBackend(model, tokenizer).generate(["Once", "Once upon"], settings)
+    upon = tokenizer("Once upon", add_special_tokens=False)["input_ids"]
+    assert seen[0] == [[0] * (len(upon) - len(once)) + [2, *once], [2, *upon]]  # left-padded, BOS first

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data import prompt_ids
 from ..errors import MinitronError
 
 # ``settings`` below is a generate.GenerationSettings (max_new_tokens, temperature, top_p, num_per_prompt,
@@ -27,7 +28,8 @@ class TransformersBackend:
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
-            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            encoded = [{"input_ids": prompt_ids(self.tokenizer, text)} for text in texts]
+            batch = self.tokenizer.pad(encoded, return_tensors="pt", padding=True)
         finally:
             self.tokenizer.padding_side = side
         device = next(self.model.parameters()).device
@@ -80,7 +82,10 @@ class VllmBackend:
             max_tokens=settings.max_new_tokens,
             seed=seed,
         )
-        outputs = self.engine.generate(texts, params, use_tqdm=False)
+        # Token prompts, as the transformers backend sees them: vLLM would add a BOS to chat-templated text
+        # that already starts with one, and none is missing from plain text (prompt_ids adds it).
+        prompts = [{"prompt_token_ids": prompt_ids(self.tokenizer, text)} for text in texts]
+        outputs = self.engine.generate(prompts, params, use_tqdm=False)
         return [
             [(o.text.strip(), len(o.token_ids), "stop" if o.finish_reason == "stop" else "length") for o in out.outputs]
             for out in outputs

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import describe_text_source
+from ..data import describe_text_source, prompt_ids
 from ..evaluation import evaluate_model
 from ..evaluation.serving import check_serving_config
 from ..shapes import model_shape
@@ -32,7 +32,8 @@ def sample_generation(model, tokenizer, prompt: str, max_new_tokens: int, chat: 
         )
     else:
         text = prompt
-    batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+    ids = torch.tensor([prompt_ids(tokenizer, text)], device=next(model.parameters()).device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     return tokenizer.decode(output[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()

@@ -74,6 +74,9 @@ SHAPES = {
     "width MLP 1280": PruningConfig(intermediate_size=1280),
     "depth 23": PruningConfig(num_hidden_layers=23, layer_selection="lm_loss"),
     "depth 26": PruningConfig(num_hidden_layers=26, layer_selection="lm_loss"),
+    # The same depths with the layers of lowest 1 - cos(input, output), wherever they are.
+    "depth 23 scattered": PruningConfig(num_hidden_layers=23, layer_selection="block_importance"),
+    "depth 26 scattered": PruningConfig(num_hidden_layers=26, layer_selection="block_importance"),
 }
 VARIANTS = {
     "pruned": None,

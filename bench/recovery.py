@@ -1,8 +1,10 @@
 """Recovery curves: how much quality each distillation token buys back, with and without reconstruction.
 
-The built-in SmolLM2-135M-Instruct teacher, pruned to five shapes — the demo's former width shape
+The built-in SmolLM2-135M-Instruct teacher, pruned to seven shapes — the demo's former width shape
 (hidden 432, MLP 768: ~47% of the non-embedding parameters), depth 15/30 layers, and milder ~25% cuts
-(hidden 540 / MLP 1152; MLP 1024 alone; 23/30 layers) — and four students per shape:
+(hidden 540 / MLP 1152; MLP 1024 alone; 23/30 layers), each depth twice: the contiguous block whose
+removal hurts LM loss least, and (``depth15cos``, ``depth23cos``) the layers of lowest block
+importance wherever they are — and four students per shape:
 
 - ``reconstructed``: activation importance, then the least-squares re-fit (hf_minitron's default)
 - ``pruned``:        activation importance, no re-fit
@@ -59,6 +61,7 @@ from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.evaluation.tasks import load_task, score_task
 from hf_minitron.importance import magnitude_importance
 from hf_minitron.importance.depth import measure_block_lm_loss
+from hf_minitron.pruning.prune import RECORD_KEY
 from hf_minitron.shapes import model_shape
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -67,8 +70,12 @@ SHAPES_OF = {
     "builtin:smollm2-135m": {
         "width50": PruningConfig(hidden_size=432, intermediate_size=768),
         "depth15": PruningConfig(num_hidden_layers=15, layer_selection="lm_loss"),
+        # The same depth with the 15 layers of lowest 1 - cos(input, output), wherever they are: several
+        # short spans, each stood in for by the re-fit of the layer before it.
+        "depth15cos": PruningConfig(num_hidden_layers=15, layer_selection="block_importance"),
         "width25": PruningConfig(hidden_size=540, intermediate_size=1152),
         "depth23": PruningConfig(num_hidden_layers=23, layer_selection="lm_loss"),
+        "depth23cos": PruningConfig(num_hidden_layers=23, layer_selection="block_importance"),
         "mlp25": PruningConfig(intermediate_size=1024),  # the same ~25% cut from the MLP alone
     },
     # Gemma 3 270M: 18 layers, hidden 640 (4 query heads, 1 KV head, head_dim 256), MLP 2048. The shapes
@@ -76,6 +83,7 @@ SHAPES_OF = {
     "builtin:gemma3-270m": {
         "width50": PruningConfig(hidden_size=448, intermediate_size=1152),
         "depth9": PruningConfig(num_hidden_layers=9, layer_selection="lm_loss"),
+        "depth9cos": PruningConfig(num_hidden_layers=9, layer_selection="block_importance"),
     },
 }
 SHAPES = SHAPES_OF["builtin:smollm2-135m"]
@@ -143,6 +151,9 @@ def students_for(name, teacher, scores, magnitude, calibration, args) -> dict:
     students = {}
     if {"reconstructed", "pruned", "random"} & set(args.variants):
         pruned = prune_model(copy.deepcopy(teacher), config, scores)
+        dropped = getattr(pruned.config, RECORD_KEY).get("dropped_layers")
+        if dropped:
+            print(f"  {name}: drops layers {dropped}", flush=True)
         if "reconstructed" in args.variants:
             students["reconstructed"] = copy.deepcopy(pruned)
         if "pruned" in args.variants:

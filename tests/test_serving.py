@@ -12,7 +12,16 @@ from hf_minitron.evaluation.serving import check_serving_config
 from hf_minitron.evaluation.tasks import load_task, score_task
 from hf_minitron.model_folder import RECORD_FILE, read_record
 
-from helpers import SHARED_DATA, char_tokenizer, save_tiny, tiny_calibration, tiny_model, tiny_moe_model
+from helpers import (
+    FAMILY_CONFIGS,
+    MOE_FAMILY_CONFIGS,
+    SHARED_DATA,
+    char_tokenizer,
+    save_tiny,
+    tiny_calibration,
+    tiny_model,
+    tiny_moe_model,
+)
 
 
 def _pruned(make, family, config):
@@ -77,6 +86,17 @@ def test_non_standard_fields_custom_code_and_unserved_architectures_are_named(tm
     assert any("custom code (auto_map)" in p for p in problems)
     monkeypatch.setattr(serving, "vllm_architectures", lambda: {"MistralForCausalLM"})
     assert check_serving_config(config) == ["the config: vLLM does not register the architecture 'LlamaForCausalLM'"]
+
+
+def test_vllm_registers_every_family_pruned_width_and_depth(tmp_path):
+    """Against the registry of an installed vLLM (0.33.0 imports on a CPU-only torch); skipped without it."""
+    if serving.vllm_architectures() is None:
+        pytest.skip("vllm is not importable")
+    models = [(tiny_model, family) for family in FAMILY_CONFIGS] + [(tiny_moe_model, f) for f in MOE_FAMILY_CONFIGS]
+    for make, family in models:
+        model = _pruned(make, family, PruningConfig(hidden_size=36, layers_to_drop=[1]))
+        save_pruned_model(model, tmp_path / family)
+        assert check_serving_config(tmp_path / family) == [], family
 
 
 def test_eval_harness_runs_lm_eval_offline_on_local_jsonl_and_agrees_with_our_scorer(tmp_path, monkeypatch):

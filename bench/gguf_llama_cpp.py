@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from hf_minitron import (
-    CalibrationSet,
     PruningConfig,
     build_calibration_set,
     builtin_teacher,
@@ -34,8 +33,8 @@ from hf_minitron import (
 )
 from hf_minitron.cli.demo import demo_recipe
 from hf_minitron.data import iter_texts, row_prefix
-from hf_minitron.importance.depth import measure_block_lm_loss
 from hf_minitron.loading import load_model_and_tokenizer
+from hf_minitron.pruning.plan import block_lm_loss_sizes
 from hf_minitron.quantization import export_gguf
 from hf_minitron.quantization.llama_cpp_check import (
     SAMPLE_PROMPTS,
@@ -74,11 +73,13 @@ def demo_students(teacher, tokenizer):
     calibration = build_calibration_set(
         settings.data, tokenizer, num_samples=settings.num_samples, seq_len=settings.seq_len
     )
-    scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
-    layers = teacher.config.num_hidden_layers
-    depths = sorted({layers - c.num_hidden_layers for c in recipe.students.values() if c.num_hidden_layers})
-    subset = CalibrationSet(calibration.samples[: settings.block_search_samples], calibration.pad_token_id)
-    scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, depths, progress=False)
+    scores = estimate_importance(
+        teacher,
+        calibration_data=calibration,
+        block_lm_loss_sizes=block_lm_loss_sizes(teacher.config.num_hidden_layers, recipe.students.values()),
+        block_search_samples=settings.block_search_samples,
+        progress=False,
+    )
     students = [(name, prune_model(copy.deepcopy(teacher), c, scores)) for name, c in recipe.students.items()]
     reconstruct_models(teacher, [s for _, s in students], calibration, config=recipe.reconstruction, progress=False)
     return [(f"demo {name} student, re-fitted", student) for name, student in students]

@@ -29,7 +29,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_minitron import (
-    CalibrationSet,
     PruningConfig,
     ReconstructionConfig,
     build_calibration_set,
@@ -40,7 +39,7 @@ from hf_minitron import (
 )
 from hf_minitron.data import iter_texts
 from hf_minitron.evaluation.perplexity import perplexity
-from hf_minitron.importance.depth import measure_block_lm_loss
+from hf_minitron.pruning.plan import block_lm_loss_sizes
 from hf_minitron.shapes import model_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,11 +145,13 @@ def main() -> None:
 
     text = CALIBRATIONS[args.calibration]()
     calibration = build_calibration_set(text, tokenizer, num_samples=args.calibration_samples, seq_len=256)
-    scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
-    depths = sorted({30 - c.num_hidden_layers for c in shapes.values() if c.num_hidden_layers})
-    if depths:
-        subset = CalibrationSet(calibration.samples[:8], calibration.pad_token_id)
-        scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, depths, progress=False)
+    scores = estimate_importance(
+        teacher,
+        calibration_data=calibration,
+        block_lm_loss_sizes=block_lm_loss_sizes(teacher.config.num_hidden_layers, shapes.values()),
+        block_search_samples=8,
+        progress=False,
+    )
     base = model_shape(teacher).non_embedding_params
 
     rows = results["students"] = []

@@ -46,7 +46,6 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_minitron import (
-    CalibrationSet,
     PruningConfig,
     ReconstructionConfig,
     build_calibration_set,
@@ -60,7 +59,7 @@ from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.evaluation.tasks import load_task, score_task
 from hf_minitron.importance import magnitude_importance
-from hf_minitron.importance.depth import measure_block_lm_loss
+from hf_minitron.pruning.plan import block_lm_loss_sizes
 from hf_minitron.pruning.prune import RECORD_KEY
 from hf_minitron.shapes import model_shape
 
@@ -326,11 +325,14 @@ def main() -> None:
     calibration = build_calibration_set(
         source, tokenizer, num_samples=args.calibration_samples, seq_len=args.calibration_len
     )
-    scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
     configs = [shapes[name] for name in args.shapes.split(",")]
-    depths = sorted({layers - c.num_hidden_layers for c in configs if c.num_hidden_layers})
-    subset = CalibrationSet(calibration.samples[: args.block_samples], calibration.pad_token_id)
-    scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, depths, progress=False)
+    scores = estimate_importance(
+        teacher,
+        calibration_data=calibration,
+        block_lm_loss_sizes=block_lm_loss_sizes(layers, configs),
+        block_search_samples=args.block_samples,
+        progress=False,
+    )
     magnitude = magnitude_importance(teacher)
     steps = math.ceil(max(args.tokens) / args.tokens_per_step)
     train = datasets.Dataset.from_dict(

@@ -282,6 +282,12 @@ class CalibrationSet:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def first(self, count: int | None) -> CalibrationSet:
+        """The first ``count`` samples (all of them when ``count`` is None or larger)."""
+        if count is None or count >= len(self.samples):
+            return self
+        return CalibrationSet(self.samples[:count], self.pad_token_id, self.description)
+
     def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """Right-padded batches with an attention mask that marks the real tokens."""
         for start in range(0, len(self.samples), batch_size):

@@ -116,6 +116,32 @@ def test_inert_units_score_lowest():
     assert changes[2] < 1e-5 and all(changes[i] > 1e-3 for i in (0, 1, 3))
 
 
+def test_block_search_runs_on_the_first_samples_the_lm_loss_selections_need():
+    from hf_minitron.importance.depth import measure_block_lm_loss
+    from hf_minitron.pruning.plan import block_lm_loss_sizes
+
+    model, calibration = tiny_model("llama"), tiny_calibration()
+    configs = [
+        PruningConfig(num_hidden_layers=2, layer_selection="lm_loss"),
+        PruningConfig(num_hidden_layers=3),  # block importance: no sweep
+        PruningConfig(intermediate_size=32),
+    ]
+    assert block_lm_loss_sizes(4, configs) == [2]
+    scores = estimate_importance(
+        model,
+        calibration_data=calibration,
+        batch_size=4,
+        progress=False,
+        block_lm_loss_sizes=[2],
+        block_search_samples=2,
+    )
+    base, blocks = measure_block_lm_loss(model, calibration.first(2), [2], batch_size=4, progress=False)
+    assert scores.base_lm_loss == pytest.approx(base) and torch.allclose(scores.block_lm_loss[2], blocks[2])
+    assert len(calibration.first(2)) == 2 and calibration.first(None) is calibration
+    with pytest.raises(MinitronError, match="block_search_samples must be a positive integer"):
+        estimate_importance(model, calibration_data=calibration, progress=False, block_search_samples=0)
+
+
 def test_scores_save_load_and_plot(tmp_path):
     model = tiny_model("mistral")
     scores = estimate_importance(

@@ -163,6 +163,7 @@ def estimate_importance(
     packing: bool = True,
     text_column: str | None = None,
     block_lm_loss_sizes: tuple[int, ...] | list[int] = (),
+    block_search_samples: int | None = None,
     downstream_task=None,
     downstream_limit: int | None = None,
     block_accuracy_sizes: tuple[int, ...] | list[int] = (),
@@ -173,7 +174,9 @@ def estimate_importance(
     One forward pass over the calibration data records all width axes and the block
     importance of each layer. ``block_lm_loss_sizes`` adds, for each block size k, the
     LM loss with every contiguous block of k layers skipped (one more pass per block,
-    no model copies), which the ``lm_loss`` layer selection uses. ``downstream_task`` (a local
+    no model copies), which the ``lm_loss`` layer selection uses; ``block_search_samples`` runs that
+    sweep on the first N calibration samples only (a few rank the blocks, and each block costs a pass
+    over the layers after it). ``downstream_task`` (a local
     multiple-choice jsonl file, e.g. Winogrande, or its rows) with ``block_accuracy_sizes`` adds
     the task accuracy with every contiguous block skipped, for the ``downstream`` selection.
 
@@ -193,6 +196,10 @@ def estimate_importance(
             f"Block sizes {bad} are impossible for a model of {num_layers} layers",
             fix=f"use sizes between 1 and {num_layers - 1}",
         )
+    if block_search_samples is not None and (
+        isinstance(block_search_samples, bool) or not isinstance(block_search_samples, int) or block_search_samples < 1
+    ):
+        raise MinitronError(f"block_search_samples must be a positive integer, got {block_search_samples!r}")
     if accuracy_sizes and downstream_task is None:
         raise MinitronError("block_accuracy_sizes needs a downstream_task", fix="pass a multiple-choice jsonl file")
     docs = None
@@ -233,7 +240,8 @@ def estimate_importance(
         recorder.detach()
         expert_recorder.detach()
 
-    base_loss, block_losses = measure_block_lm_loss(model, calibration_data, sizes, batch_size, progress)
+    search = calibration_data.first(block_search_samples)
+    base_loss, block_losses = measure_block_lm_loss(model, search, sizes, batch_size, progress)
     base_accuracy, block_accuracy = measure_block_accuracy(model, tokenizer, docs, accuracy_sizes, progress=progress)
     model.train(was_training)
 

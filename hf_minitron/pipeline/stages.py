@@ -141,7 +141,6 @@ def teacher_correction(run: Run, folder: Path) -> dict:
 
 def importance(run: Run, folder: Path) -> dict:
     from ..importance import estimate_importance
-    from ..importance.depth import measure_block_lm_loss
 
     teacher, _ = run.teacher()
     settings = run.recipe.calibration
@@ -159,10 +158,13 @@ def importance(run: Run, folder: Path) -> dict:
             blocks.add(needed[1])
     calibration = run.calibration_set()
     print(f"  calibrating on {calibration.num_tokens} tokens of {calibration.description}", file=sys.stderr)
-    scores = estimate_importance(teacher, calibration_data=calibration, batch_size=settings.batch_size)
-    if blocks:
-        subset = CalibrationSet(calibration.samples[: settings.block_search_samples], calibration.pad_token_id)
-        scores.base_lm_loss, scores.block_lm_loss = measure_block_lm_loss(teacher, subset, sorted(blocks))
+    scores = estimate_importance(
+        teacher,
+        calibration_data=calibration,
+        batch_size=settings.batch_size,
+        block_lm_loss_sizes=sorted(blocks),
+        block_search_samples=settings.block_search_samples,
+    )
     scores.save(folder)
     return {
         "calibration": calibration.description,

@@ -202,6 +202,13 @@ def needed_block_measurement(source_layers: int, config: PruningConfig) -> tuple
     return (argument, block) if argument and block > 0 else None
 
 
+def block_lm_loss_sizes(source_layers: int, configs) -> list[int]:
+    """The block sizes whose LM-loss sweep the ``lm_loss`` selections among ``configs`` read
+    (``estimate_importance(block_lm_loss_sizes=...)``)."""
+    needed = (needed_block_measurement(source_layers, config) for config in configs)
+    return sorted({k for kind, k in filter(None, needed) if kind == "block_lm_loss_sizes"})
+
+
 def check_pruning_config(
     model, config: PruningConfig, scores: ImportanceScores | None = None, need_scores: bool = False
 ) -> tuple[dict, dict]:

@@ -98,10 +98,7 @@ def reconstruct_models(
             raise MinitronError("A tokenizer is needed to tokenize the calibration text", fix="pass tokenizer=...")
         samples = config.num_samples or DEFAULT_SAMPLES
         calibration_data = build_calibration_set(calibration_data, tokenizer, num_samples=samples, seq_len=seq_len)
-    if config.num_samples is not None and config.num_samples < len(calibration_data):
-        calibration_data = CalibrationSet(
-            calibration_data.samples[: config.num_samples], calibration_data.pad_token_id, calibration_data.description
-        )
+    calibration_data = calibration_data.first(config.num_samples)
     start = time.time()
     modes = [(model, model.training) for model in (teacher, *students)]
     for model, _ in modes:

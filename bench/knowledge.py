@@ -4,14 +4,16 @@ Held-out perplexity on one corpus says little about what pruning takes away else
 score well on Python documentation and have forgotten that Paris is the capital of France. This
 bench gives the built-in SmolLM2-135M-Instruct teacher short factual prompts ("The capital of Japan
 is"), keeps those whose greedy 8-token continuation holds the expected word, and counts how many of
-them each student still answers the same way, beside its perplexity on held-out documentation.
+them each student still answers the same way, beside its perplexity on held-out documentation. It
+also prints each student's greedy continuation of two story openings ("Once upon a time").
 
 Students: each shape of ``--shapes``, pruned with activation importance from the calibration text,
 then left as pruned or re-fitted by least squares (``--variants``, ReconstructionConfig settings).
 No distillation: this is what pruning and the re-fit alone keep.
 
-    .venv/bin/python bench/knowledge.py                                  # docs calibration, as the demo
-    .venv/bin/python bench/knowledge.py --calibration mixed --shapes d25,d26
+    .venv/bin/python bench/knowledge.py                                  # documentation alone
+    .venv/bin/python bench/knowledge.py --calibration "docs|prompts" --shapes "width MLP 1280,depth 26"
+    .venv/bin/python bench/knowledge.py --calibration "docs|generated"   # half the teacher's own answers
 
 Writes ``knowledge.md`` and ``results.json`` into ``--out``.
 """
@@ -25,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +40,8 @@ from hf_minitron import (
     prune_model,
     reconstruct_models,
 )
-from hf_minitron.data import iter_texts
+from hf_minitron.data import CalibrationSet, iter_texts, prompt_ids
+from hf_minitron.distillation_data import GenerationSettings, generate_distillation_data
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.pruning.plan import block_lm_loss_sizes
 from hf_minitron.shapes import model_shape
@@ -81,7 +85,11 @@ VARIANTS = {
     "pruned": None,
     "re-fit": ReconstructionConfig(),
     "re-fit (changed layers)": ReconstructionConfig(layers="changed"),
+    # Pulled ten times harder towards the pruned weights.
+    "re-fit (changed layers; damping 1)": ReconstructionConfig(layers="changed", damping=1.0),
 }
+# Story openings: whether a student still continues them as a story is printed, not scored.
+STORY_PROMPTS = ("Once upon a time", "Once upon a time, there was")
 
 
 def interleave(*groups: list[str]) -> list[str]:
@@ -89,15 +97,33 @@ def interleave(*groups: list[str]) -> list[str]:
     return [group[i] for i in range(max(map(len, groups))) for group in groups if i < len(group)]
 
 
+def teacher_written(teacher, tokenizer, out: Path, prompts: int = 64) -> list[str]:
+    """The teacher's answers (96 tokens, sampled as the library's data generation does) to the first
+    ``prompts`` built-in everyday prompts, each after its prompt, as plain text."""
+    folder = out / "generated"
+    settings = GenerationSettings(max_prompts=prompts, max_new_tokens=96, batch_size=16, shard_size=16)
+    generate_distillation_data(teacher, PROMPTS, folder, settings, tokenizer=tokenizer, progress=False)
+    rows = datasets.load_dataset(str(folder), split="train")
+    return [row["prompt"][0]["content"] + "\n" + row["completion"][0]["content"] for row in rows]
+
+
+def alternate(first: CalibrationSet, second: CalibrationSet) -> CalibrationSet:
+    """Samples of the two sets in turn, so the first few (the block search's) hold both."""
+    samples = [sample for pair in zip(first.samples, second.samples, strict=True) for sample in pair]
+    return CalibrationSet(samples, first.pad_token_id, f"{first.description} | {second.description}")
+
+
 # Calibration text: the demo's documentation; with the dolly pairs of ../shared/data (not on a user's
 # machine); with the library's built-in everyday prompts, text by text (the long documentation topics
-# then hold most tokens) or as a mixture of half the samples each; or those prompts alone.
+# then hold most tokens) or as a mixture of half the samples each; or those prompts alone. ``docs|generated``
+# (built in main) alternates documentation samples with the teacher's own answers to the prompts.
 CALIBRATIONS = {
     "docs": lambda: "builtin:python-docs",
     "mixed": mixed_texts,
     "docs+prompts": lambda: interleave(list(iter_texts("builtin:python-docs")), list(iter_texts(PROMPTS))),
     "docs|prompts": lambda: {"builtin:python-docs": 0.5, PROMPTS: 0.5},
     "prompts": lambda: PROMPTS,
+    "docs|generated": None,
 }
 PROMPTS = "builtin:seed-prompts"
 
@@ -109,6 +135,16 @@ def answers(model, tokenizer, prompts) -> list[str]:
         ids = tokenizer(prompt, return_tensors="pt")
         out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
         texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :]))
+    return texts
+
+
+def story_openings(model, tokenizer) -> list[str]:
+    """Greedy 20-token continuations of the story openings."""
+    texts = []
+    for prompt in STORY_PROMPTS:
+        ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+        out = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(out[0, ids.shape[1] :]))
     return texts
 
 
@@ -143,8 +179,14 @@ def main() -> None:
     results["facts"] = [word for _, word in known]
     print(f"teacher: {len(known)}/{len(FACTS)} facts, docs ppl {results['teacher']['ppl_docs']:.2f}", flush=True)
 
-    text = CALIBRATIONS[args.calibration]()
-    calibration = build_calibration_set(text, tokenizer, num_samples=args.calibration_samples, seq_len=256)
+    if args.calibration == "docs|generated":
+        half = args.calibration_samples // 2
+        docs = build_calibration_set("builtin:python-docs", tokenizer, num_samples=half, seq_len=256)
+        written = teacher_written(teacher, tokenizer, out)
+        calibration = alternate(docs, build_calibration_set(written, tokenizer, num_samples=half, seq_len=256))
+    else:
+        text = CALIBRATIONS[args.calibration]()
+        calibration = build_calibration_set(text, tokenizer, num_samples=args.calibration_samples, seq_len=256)
     scores = estimate_importance(
         teacher,
         calibration_data=calibration,
@@ -167,9 +209,11 @@ def main() -> None:
                 "params": model_shape(student).non_embedding_params / base,
                 "ppl_docs": held_out(student),
                 "facts": kept,
+                "stories": story_openings(student, tokenizer),
             }
             rows.append(row)
             print(f"{shape} {variant}: {len(kept)}/{len(known)} {kept}, ppl {row['ppl_docs']:.2f}", flush=True)
+            print(f"  {row['stories']}", flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     lines = [

@@ -92,8 +92,8 @@ VARIANTS = {
 STORY_PROMPTS = ("Once upon a time", "Once upon a time, there was")
 
 
-def interleave(*groups: list[str]) -> list[str]:
-    """Texts of each group in turn, so any prefix holds every kind."""
+def interleave(*groups: list) -> list:
+    """Items (texts, samples) of each group in turn, so any prefix holds every kind."""
     return [group[i] for i in range(max(map(len, groups))) for group in groups if i < len(group)]
 
 
@@ -105,12 +105,6 @@ def teacher_written(teacher, tokenizer, out: Path, prompts: int = 64) -> list[st
     generate_distillation_data(teacher, PROMPTS, folder, settings, tokenizer=tokenizer, progress=False)
     rows = datasets.load_dataset(str(folder), split="train")
     return [row["prompt"][0]["content"] + "\n" + row["completion"][0]["content"] for row in rows]
-
-
-def alternate(first: CalibrationSet, second: CalibrationSet) -> CalibrationSet:
-    """Samples of the two sets in turn, so the first few (the block search's) hold both."""
-    samples = [sample for pair in zip(first.samples, second.samples, strict=True) for sample in pair]
-    return CalibrationSet(samples, first.pad_token_id, f"{first.description} | {second.description}")
 
 
 # Calibration text: the demo's documentation; with the dolly pairs of ../shared/data (not on a user's
@@ -183,7 +177,9 @@ def main() -> None:
         half = args.calibration_samples // 2
         docs = build_calibration_set("builtin:python-docs", tokenizer, num_samples=half, seq_len=256)
         written = teacher_written(teacher, tokenizer, out)
-        calibration = alternate(docs, build_calibration_set(written, tokenizer, num_samples=half, seq_len=256))
+        answers = build_calibration_set(written, tokenizer, num_samples=half, seq_len=256)
+        # Sample by sample, so the first few (the block search's) hold both kinds.
+        calibration = CalibrationSet(interleave(docs.samples, answers.samples), docs.pad_token_id)
     else:
         text = CALIBRATIONS[args.calibration]()
         calibration = build_calibration_set(text, tokenizer, num_samples=args.calibration_samples, seq_len=256)

@@ -38,12 +38,19 @@ from hf_minitron import (
     reconstruct_models,
 )
 from hf_minitron.evaluation.perplexity import perplexity
+from hf_minitron.families import family_for, get_module
 from hf_minitron.layers import decoder_layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recovery import HELD_OUT, mixed_texts
 
 RANKINGS = ("activation", "energy", "weighted", "obs")
+
+
+def down_projections(model) -> list[torch.nn.Linear]:
+    """Each layer's MLP output projection (down_proj), the linear layer that reads the neurons."""
+    name = family_for(model).neuron_activation_input
+    return [get_module(layer, name) for layer in decoder_layers(model)]
 
 
 def neuron_grams(model, calibration) -> list[torch.Tensor]:
@@ -59,11 +66,12 @@ def neuron_grams(model, calibration) -> list[torch.Tensor]:
 
         return add
 
-    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    handles = [down.register_forward_pre_hook(hook(i)) for i, down in enumerate(down_projections(model))]
+    decoder = get_module(model, family_for(model).decoder)  # no LM head: only the layers' inputs are needed
     try:
         with torch.no_grad():
             for batch in calibration.batches(8):
-                model(**batch)
+                decoder(**batch, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -95,8 +103,8 @@ def ranked(scores, teacher, grams, ranking: str, remove: int):
     if ranking == "activation":
         return scores
     rows = []
-    for index, layer in enumerate(decoder_layers(teacher)):
-        weight = layer.mlp.down_proj.weight.detach().double()
+    for index, down in enumerate(down_projections(teacher)):
+        weight = down.weight.detach().double()
         if ranking == "energy":
             rows.append(((weight * weight).sum(0) * grams[index].diagonal()).float())
         elif ranking == "weighted":

@@ -24,7 +24,7 @@ from ..data import (
 from ..errors import MinitronError
 from ..loading import describe_source, load_model, load_model_and_tokenizer
 from ..pruning import check_pruning_config, prune_model, save_pruned_model
-from ..pruning.plan import needed_block_measurement
+from ..pruning.plan import block_lm_loss_sizes, needed_block_measurement
 from ..shapes import model_shape
 from .recipe import GENERATED, TRAINING_KEYS, Recipe
 
@@ -145,7 +145,6 @@ def importance(run: Run, folder: Path) -> dict:
     teacher, _ = run.teacher()
     settings = run.recipe.calibration
     layers = teacher.config.num_hidden_layers
-    blocks = set()
     for name, config in run.recipe.students.items():
         check_pruning_config(teacher, config)  # every target checked before the long pass
         needed = needed_block_measurement(layers, config)
@@ -154,15 +153,13 @@ def importance(run: Run, folder: Path) -> dict:
                 f"Student '{name}': layer_selection '{config.layer_selection}' is not available in recipes",
                 fix="use lm_loss, block_importance or explicit (or hf-minitron prune for downstream selection)",
             )
-        if needed:
-            blocks.add(needed[1])
     calibration = run.calibration_set()
     print(f"  calibrating on {calibration.num_tokens} tokens of {calibration.description}", file=sys.stderr)
     scores = estimate_importance(
         teacher,
         calibration_data=calibration,
         batch_size=settings.batch_size,
-        block_lm_loss_sizes=sorted(blocks),
+        block_lm_loss_sizes=block_lm_loss_sizes(layers, run.recipe.students.values()),
         block_search_samples=settings.block_search_samples,
     )
     scores.save(folder)

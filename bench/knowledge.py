@@ -25,6 +25,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -43,6 +44,7 @@ from hf_minitron import (
 from hf_minitron.data import CalibrationSet, iter_texts, prompt_ids
 from hf_minitron.distillation_data import GenerationSettings, generate_distillation_data
 from hf_minitron.evaluation.perplexity import perplexity
+from hf_minitron.pruning.config import NEURON_SELECTIONS
 from hf_minitron.pruning.plan import block_lm_loss_sizes
 from hf_minitron.shapes import model_shape
 
@@ -153,9 +155,10 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=32)
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
+    parser.add_argument("--neuron-selection", choices=NEURON_SELECTIONS, default="energy")
     parser.add_argument("--out", default="bench/out/knowledge")
     args = parser.parse_args()
-    shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
+    shapes = {name: replace(SHAPES[name], neuron_selection=args.neuron_selection) for name in args.shapes.split(",")}
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

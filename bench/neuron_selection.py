@@ -3,8 +3,10 @@ that know the weight each neuron writes through.
 
 The built-in SmolLM2-135M-Instruct teacher loses MLP neurons only (``--sizes``, per layer), chosen by
 
-- ``activation``: Minitron's activation importance (the library's; L2 over samples of mean |a| per sample)
-- ``energy``:     the output energy a neuron carries, E[a²] · ||down_proj column||² (a structured Wanda score)
+- ``activation``: Minitron's activation importance (L2 over samples of mean |a| per sample;
+                  ``PruningConfig(neuron_selection="activation")``)
+- ``energy``:     the output energy a neuron carries, E[a²] · ||down_proj column||² (a structured Wanda
+                  score; the library's default, ``neuron_selection="energy"``)
 - ``weighted``:   the library's activation score times the down_proj column norm
 - ``obs``:        structured optimal brain surgeon (the ZipLM / SlimGPT family): per layer, greedily remove
                   the neuron whose loss, re-fitting the others, costs least — ||w_j||² / [H⁻¹]_jj with H the
@@ -12,7 +14,8 @@ The built-in SmolLM2-135M-Instruct teacher loses MLP neurons only (``--sizes``, 
 
 then left as pruned and re-fitted by least squares (the library's default settings). Perplexity on
 held-out documentation and on Tiny Shakespeare, never calibrated on. Calibration: documentation and
-dolly pairs, as ``recovery.py``.
+dolly pairs, as ``recovery.py``; with ``--calibration "docs+dolly|generated"`` half of its samples are
+the teacher's own answers to the library's built-in prompts instead.
 
     .venv/bin/python bench/neuron_selection.py --sizes 1024 --rankings activation,energy,obs
 """
@@ -29,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_minitron import (
+    CalibrationSet,
     PruningConfig,
     ReconstructionConfig,
     build_calibration_set,
@@ -42,9 +46,11 @@ from hf_minitron.families import family_for, get_module
 from hf_minitron.layers import decoder_layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from knowledge import interleave, teacher_written
 from recovery import HELD_OUT, mixed_texts
 
 RANKINGS = ("activation", "energy", "weighted", "obs")
+LIBRARY_SELECTIONS = ("activation", "energy")  # PruningConfig.neuron_selection values
 
 
 def down_projections(model) -> list[torch.nn.Linear]:
@@ -100,14 +106,11 @@ def obs_order(gram: torch.Tensor, weight: torch.Tensor, remove: int, damping: fl
 
 
 def ranked(scores, teacher, grams, ranking: str, remove: int):
-    if ranking == "activation":
-        return scores
+    """Scores whose ``neurons`` rank the neurons as ``ranking`` does (read by neuron_selection "activation")."""
     rows = []
     for index, down in enumerate(down_projections(teacher)):
         weight = down.weight.detach().double()
-        if ranking == "energy":
-            rows.append(((weight * weight).sum(0) * grams[index].diagonal()).float())
-        elif ranking == "weighted":
+        if ranking == "weighted":
             rows.append(scores.neurons[index] * weight.norm(dim=0).float())
         else:
             rows.append(obs_order(grams[index], weight, remove))
@@ -121,11 +124,27 @@ def main() -> None:
     parser.add_argument("--sizes", default="1024", help="comma-separated MLP sizes to prune to (teacher: 1536)")
     parser.add_argument("--rankings", default="activation,energy,weighted,obs")
     parser.add_argument("--calibration-samples", type=int, default=128)
+    parser.add_argument(
+        "--calibration",
+        choices=("docs+dolly", "docs+dolly|generated"),
+        default="docs+dolly",
+        help="documentation and dolly pairs; or half of those samples and half the teacher's own answers",
+    )
+    parser.add_argument("--out", default="bench/out/neuron_selection", help="where the teacher's answers go")
     args = parser.parse_args()
     torch.manual_seed(0)
     teacher, tokenizer = builtin_teacher()
     teacher.eval()
     calibration = build_calibration_set(mixed_texts(), tokenizer, num_samples=args.calibration_samples, seq_len=256)
+    if args.calibration == "docs+dolly|generated":
+        # Half the samples from the teacher's own answers to the built-in prompts, sample by sample.
+        half = args.calibration_samples // 2
+        written = teacher_written(teacher, tokenizer, Path(args.out), prompts=args.calibration_samples)
+        answers = build_calibration_set(written, tokenizer, num_samples=half, seq_len=256)
+        calibration = CalibrationSet(
+            interleave(calibration.samples[: args.calibration_samples - half], answers.samples),
+            calibration.pad_token_id,
+        )
     scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
     grams = neuron_grams(teacher, calibration)
 
@@ -141,9 +160,16 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         for ranking in args.rankings.split(","):
             start = time.time()
-            chosen = ranked(scores, teacher, grams, ranking, teacher.config.intermediate_size - size)
+            if ranking in LIBRARY_SELECTIONS:
+                chosen, selection = scores, ranking
+            else:  # the ranking lands in chosen.neurons, which the "activation" selection reads as it is
+                chosen, selection = (
+                    ranked(scores, teacher, grams, ranking, teacher.config.intermediate_size - size),
+                    "activation",
+                )
             seconds = time.time() - start
-            student = prune_model(copy.deepcopy(teacher), PruningConfig(intermediate_size=size), chosen)
+            config = PruningConfig(intermediate_size=size, neuron_selection=selection)
+            student = prune_model(copy.deepcopy(teacher), config, chosen)
             pruned = held_out(student)
             reconstruct_models(teacher, [student], calibration, config=ReconstructionConfig(), progress=False)
             print(f"| {size} | {ranking} | {seconds:.1f} s | {pruned} | {held_out(student)} |", flush=True)

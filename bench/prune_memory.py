@@ -42,6 +42,7 @@ def random_scores(config) -> ImportanceScores:
     return ImportanceScores(
         heads=torch.rand(layers, config.num_attention_heads, generator=generator),
         neurons=torch.rand(layers, config.intermediate_size, generator=generator),
+        neuron_energy=torch.rand(layers, config.intermediate_size, generator=generator),
         channels_per_layer=torch.rand(layers, config.hidden_size, generator=generator),
         block_importance=torch.rand(layers, generator=generator),
     )

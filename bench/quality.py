@@ -38,6 +38,8 @@ from common import short_distillation_config
 
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 WIDTH = PruningConfig(hidden_size=432, intermediate_size=768)
+# The magnitude baseline ranks neurons by weight norms alone: no activations to weigh them by.
+BY_WEIGHTS = PruningConfig(hidden_size=432, intermediate_size=768, neuron_selection="activation")
 DEPTH = PruningConfig(num_hidden_layers=15, layer_selection="lm_loss")
 
 
@@ -66,7 +68,7 @@ def main() -> None:
     students = {
         "width (activation)": width,
         "depth (activation)": prune_model(copy.deepcopy(teacher), DEPTH, scores),
-        "width (magnitude)": prune_model(copy.deepcopy(teacher), WIDTH, magnitude_importance(teacher)),
+        "width (magnitude)": prune_model(copy.deepcopy(teacher), BY_WEIGHTS, magnitude_importance(teacher)),
         "width (random init)": random_init_like(width),
     }
     train = datasets.Dataset.from_dict({"text": list(iter_texts("builtin:python-docs"))})

@@ -38,6 +38,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -59,6 +60,7 @@ from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.evaluation.tasks import load_task, score_task
 from hf_minitron.importance import magnitude_importance
+from hf_minitron.pruning.config import NEURON_SELECTIONS
 from hf_minitron.pruning.plan import block_lm_loss_sizes
 from hf_minitron.pruning.prune import RECORD_KEY
 from hf_minitron.shapes import model_shape
@@ -146,7 +148,7 @@ def random_like(student):
 
 
 def students_for(name, teacher, scores, magnitude, calibration, args) -> dict:
-    config = SHAPES_OF[args.teacher][name]
+    config = replace(SHAPES_OF[args.teacher][name], neuron_selection=args.neuron_selection)
     students = {}
     if {"reconstructed", "pruned", "random"} & set(args.variants):
         pruned = prune_model(copy.deepcopy(teacher), config, scores)
@@ -160,7 +162,10 @@ def students_for(name, teacher, scores, magnitude, calibration, args) -> dict:
         if "random" in args.variants:
             students["random"] = random_like(pruned).to(args.device)
     if "magnitude" in args.variants:
-        by_weights = PruningConfig(**{**config.to_dict(), "layer_selection": "block_importance"})
+        # Weight norms rank the neurons; there are no activations to weigh them by.
+        by_weights = PruningConfig(
+            **{**config.to_dict(), "layer_selection": "block_importance", "neuron_selection": "activation"}
+        )
         students["magnitude"] = prune_model(copy.deepcopy(teacher), by_weights, magnitude)
     if "reconstructed" in students:
         start = time.time()
@@ -290,6 +295,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=None, help=f"comma-separated; default: all of the teacher's ({SHAPES_OF})")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--calibration", choices=CALIBRATIONS, default="docs+dolly")
+    parser.add_argument("--neuron-selection", choices=NEURON_SELECTIONS, default="energy")
     parser.add_argument("--calibration-samples", type=int, default=128)
     parser.add_argument("--damping", type=float, default=0.1, help="reconstruction ridge damping")
     parser.add_argument("--layers", default="all", help="reconstruction layers: all or changed")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +53,20 @@ def _text_of_row(row: dict, text_column: str | None, tokenizer=None) -> str:
         value = row["content"]
     elif "messages" in row and tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(row["messages"], tokenize=False)
-    elif "prompt" in row and "response" in row:
-        return f"{row['prompt']}\n{row['response']}"
+    elif "prompt" in row and ("completion" in row or "response" in row):
+        prompt, answer = row["prompt"], row["completion"] if "completion" in row else row["response"]
+        if isinstance(prompt, list) and isinstance(answer, list):  # conversational: lists of role/content messages
+            if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+                return tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+            return "\n".join(message["content"] for message in prompt + answer)
+        return f"{prompt}\n{answer}"
     else:
         strings = [k for k, v in row.items() if isinstance(v, str)]
-        if not strings:
+        if len(strings) != 1:  # several: guessing one could train on the wrong column without a word
+            held = f"{', '.join(strings)} hold strings" if strings else "none holds strings"
             raise MinitronError(
-                "Could not find a text column in the data",
-                f"the rows have columns {sorted(row)} and none holds strings",
+                "Could not tell which column holds the text",
+                f"the rows have columns {sorted(row)}, and {held}",
                 "name the column that holds the text (text_column=... / --text-column)",
             )
         value = row[strings[0]]
@@ -420,6 +427,22 @@ def load_training_dataset(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     return dataset
+
+
+def mix_training_rows(parts: Mapping[str, object]) -> object:
+    """One ``datasets.Dataset`` of ``parts`` {source: (rows, share)} in which each source holds its share of
+    the rows: every row of the source that needs the most rows for its share once, the other sources' rows
+    repeated in turn to fill theirs (a trainer that stops after some steps then draws each source in its
+    share, and a small source of teacher-written answers is not diluted by a large corpus). The rows must
+    share their columns, as token blocks of one ``block_size`` do."""
+    import datasets
+
+    shares = dict(_shares({source: share for source, (_, share) in parts.items()}))
+    total = math.ceil(max(len(rows) / shares[source] for source, (rows, _) in parts.items()))
+    counts = mixture_shares(shares, total)
+    return datasets.concatenate_datasets(
+        [rows.select([i % len(rows) for i in range(counts[source])]) for source, (rows, _) in parts.items()]
+    )
 
 
 def token_block_dataset(dataset, tokenizer, block_size: int, text_column: str | None = None):

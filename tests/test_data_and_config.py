@@ -1,5 +1,6 @@
 """Calibration sources, PruningConfig round trips, and the family table."""
 
+import collections
 import json
 
 import datasets
@@ -104,7 +105,8 @@ def test_shared_corpus_reads_as_text():
         (["short"], dict(seq_len=64), "too short"),
         ("missing/file.txt", {}, "does not exist"),
         ([{"x": 1}], {}, "only strings"),
-        (datasets.Dataset.from_dict({"n": [1, 2]}), {}, "Could not find a text column"),
+        (datasets.Dataset.from_dict({"n": [1, 2]}), {}, "none holds strings"),
+        (datasets.Dataset.from_dict({"question": ["q"], "label": ["a"]}), {}, "question, label hold strings"),
         (datasets.Dataset.from_dict({"text": ["a"]}), dict(text_column="body"), "'body' is not in the data"),
     ],
 )
@@ -172,3 +174,19 @@ def test_family_plans_cover_every_parameter(family):
         "Gemma3",
     }
     assert torch.is_tensor(next(model.parameters()))
+
+
+def test_training_rows_mix_in_their_shares():
+    from hf_minitron.data import mix_training_rows
+
+    docs = datasets.Dataset.from_dict({"input_ids": [[i, i] for i in range(100)]})
+    answers = datasets.Dataset.from_dict({"input_ids": [[-i, -i] for i in range(1, 31)]})
+    mixed = mix_training_rows({"docs": (docs, 0.5), "answers": (answers, 0.5)})["input_ids"]
+    # Every documentation row once; the 30 answers repeated in turn to make up the other half.
+    assert len(mixed) == 200 and sorted(r[0] for r in mixed if r[0] >= 0) == list(range(100))
+    repeats = collections.Counter(r[0] for r in mixed if r[0] < 0)
+    assert repeats == {-i: 4 if i <= 10 else 3 for i in range(1, 31)}  # 100 rows: three rounds and a third
+    mixed = mix_training_rows({"docs": (docs, 1), "answers": (answers, 3)})["input_ids"]
+    # Three quarters answers: the 100 documentation rows are a quarter of 400, each answer is there 10 times.
+    assert len(mixed) == 400 and [r[0] for r in mixed if r[0] >= 0] == list(range(100))
+    assert collections.Counter(r[0] for r in mixed if r[0] < 0) == {-i: 10 for i in range(1, 31)}

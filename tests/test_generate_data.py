@@ -9,7 +9,7 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_minitron import MinitronError
 from hf_minitron.cli import main
-from hf_minitron.data import load_training_dataset
+from hf_minitron.data import load_training_dataset, token_block_dataset
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.distillation_data import (
     BUILTIN_PROMPTS,
@@ -83,6 +83,34 @@ def test_generation_is_deterministic_and_loads(tmp_path):
     assert record["status"] == "complete" and record["prompts"]["count"] == 10
     assert record["progress"]["tokens_per_second"] > 0
     assert "configs" in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_generated_rows_cut_into_blocks_hold_their_prompts_and_answers(tmp_path):
+    """Training blocks (a distillation `block_size`) read each prompt and its answer — plain text rows as
+    they are, chat rows in the chat template — never another column's value."""
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def holds(stream, text):
+        part = ids(text)
+        return any(stream[i : i + len(part)] == part for i in range(len(stream) - len(part) + 1))
+
+    for template in (None, CHAT_TEMPLATE):
+        tokenizer = char_tokenizer()
+        tokenizer.chat_template = template
+        folder = tmp_path / f"chat-{template is not None}"
+        generate_distillation_data(tiny_model(), PROMPTS, folder, settings(), tokenizer=tokenizer, progress=False)
+        data = load_training_dataset(str(folder))
+        first = data[0]
+        if template is None:
+            prompt, answer = first["prompt"], first["completion"]
+        else:
+            prompt, answer = first["prompt"][0]["content"], first["completion"][0]["content"]
+        stream = [i for block in token_block_dataset(data, tokenizer, 16)["input_ids"] for i in block]
+        assert holds(stream, prompt) and holds(stream, answer)
+        assert holds(stream, "<user>") == (template is not None)
+        assert not holds(stream, first["finish_reason"] + "<eos>")
 
 
 def test_interrupted_run_resumes_without_duplicates(tmp_path, monkeypatch):

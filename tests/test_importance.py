@@ -66,6 +66,17 @@ def test_streamed_padded_scores_equal_a_full_tensor_reference(batch_agg, seq_agg
     torch.testing.assert_close(scores.channels.double(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_neuron_energy_is_the_mean_squared_activation_over_real_tokens():
+    model = tiny_model("llama")
+    calibration = tiny_calibration(num_samples=7, padded=True)
+    scores = estimate_importance(model, calibration_data=calibration, batch_size=3, progress=False)
+    lengths = [len(s) for s in calibration.samples]
+    for layer in (0, 2):
+        activations = capture(model, calibration, f"model.layers.{layer}.mlp.down_proj")
+        tokens = torch.cat([a[:n] for a, n in zip(activations, lengths, strict=True)]).double()
+        torch.testing.assert_close(scores.neuron_energy[layer].double(), tokens.pow(2).mean(0), rtol=1e-4, atol=1e-8)
+
+
 def test_padding_never_counts():
     model = tiny_model("qwen2")
     calibration = tiny_calibration(num_samples=5, padded=True)
@@ -149,7 +160,7 @@ def test_scores_save_load_and_plot(tmp_path):
     )
     scores.save(tmp_path / "s")
     loaded = ImportanceScores.load(tmp_path / "s")
-    for name in ("heads", "neurons", "channels_per_layer", "block_importance"):
+    for name in ("heads", "neurons", "neuron_energy", "channels_per_layer", "block_importance"):
         assert torch.equal(getattr(loaded, name), getattr(scores, name))
     assert sorted(loaded.block_lm_loss) == [1, 2] and loaded.base_lm_loss == pytest.approx(scores.base_lm_loss)
     assert loaded.metadata["batch_aggregation"] == "l2" and loaded.metadata["num_samples"] == 6
@@ -185,7 +196,7 @@ def test_dispatched_model_with_offloaded_layers_gives_the_same_scores(tmp_path):
     ).eval()
     assert dispatched.model.layers[1].mlp.up_proj.weight.device.type == "meta"
     scores = estimate_importance(dispatched, calibration_data=calibration, batch_size=3, progress=False)
-    for name in ("heads", "neurons", "channels_per_layer", "block_importance"):
+    for name in ("heads", "neurons", "neuron_energy", "channels_per_layer", "block_importance"):
         torch.testing.assert_close(getattr(scores, name), getattr(reference, name), rtol=1e-5, atol=1e-5)
     with pytest.raises(MinitronError, match="offloaded"):
         prune_model(dispatched, PruningConfig(intermediate_size=40), scores)
@@ -205,8 +216,9 @@ def test_magnitude_baseline_scores_zeroed_units_lowest():
     scores = magnitude_importance(model)
     assert int(scores.neurons[1].argmin()) == 7 and scores.neurons[1, 7] == 0
     assert int(scores.heads[1].argmin()) == 1 and scores.heads[1, 1] == 0
-    pruned = prune_model(model, PruningConfig(hidden_size=36, intermediate_size=40), scores)
-    assert pruned.config.hidden_size == 36
+    # No activations were seen: the weight norms rank the neurons ("activation" reads scores.neurons).
+    config = PruningConfig(hidden_size=36, intermediate_size=40, neuron_selection="activation")
+    assert prune_model(model, config, scores).config.hidden_size == 36
 
 
 @pytest.mark.parametrize("how", AGGREGATIONS)
@@ -239,5 +251,5 @@ def test_estimate_with_fused_reductions_matches_the_eager_run(monkeypatch):
     eager = estimate_importance(model, calibration_data=calibration, batch_size=3, progress=False)
     monkeypatch.setattr(estimate, "use_fused_reductions", lambda device: True)
     fused = estimate_importance(model, calibration_data=calibration, batch_size=3, progress=False)
-    for name in ("heads", "neurons", "channels_per_layer", "block_importance"):
+    for name in ("heads", "neurons", "neuron_energy", "channels_per_layer", "block_importance"):
         torch.testing.assert_close(getattr(fused, name), getattr(eager, name), rtol=1e-5, atol=1e-6)

@@ -203,6 +203,9 @@ def test_resume_skips_finished_stages_and_reruns_what_changed(finished_run, tmp_
         (lambda v: v["calibration"].update(num_samples="many"), "'num_samples' must be int"),
         (lambda v: v["students"]["width"].update(hidden=4), "students.width"),
         (lambda v: v["distill"].update(dataset="generated"), "no generate_data section"),
+        (lambda v: v["distill"].update(dataset={"generated": 1, "t.txt": 1}, block_size=16), "no generate_data"),
+        (lambda v: v["distill"].update(dataset={"a.txt": 1, "b.txt": 1}), "mixes sources.*add a block_size"),
+        (lambda v: v["distill"].update(dataset={"a.txt": 0, "b.txt": 1}, block_size=16), "positive share"),
         (lambda v: v["evaluate"].update(tasks=["arc"]), "'tasks' must be dict"),
         (lambda v: v["distill"].update(max_steps="ten"), "'max_steps' must be int"),
         (lambda v: v.pop("teacher"), "missing teacher"),
@@ -290,15 +293,18 @@ def test_publish_needs_no_network_for_dry_run(finished_run, tmp_path):
 
 
 def test_students_share_one_teacher_cache_over_token_blocks(tmp_path):
-    """With teacher_cache the teacher runs once over the data; both students train from its top-k targets."""
+    """With teacher_cache the teacher runs once over the data; both students train from its top-k targets.
+    The data mixes two sources of different kinds (plain text, prompt/response rows), cut into blocks."""
     values = make_inputs(tmp_path)
-    values["distill"].update(packing=False, block_size=16, teacher_cache={"top_k": 8})
+    mixture = {values["distill"]["dataset"]: 3, values["align"]["dataset"]: 1}
+    values["distill"].update(dataset=mixture, packing=False, block_size=16, teacher_cache={"top_k": 8})
     for section in ("align", "quantize", "publish"):
         values.pop(section)
     values["evaluate"] = {"perplexity_data": values["evaluate"]["perplexity_data"], "seq_len": 32, "max_tokens": 64}
     result = run_recipe(parse_recipe(values), tmp_path / "run", publish=False)
     record = json.loads((tmp_path / "run" / "distill" / "stage.json").read_text())["record"]
     assert record["teacher_cache"] == {"top_k": 8}
+    assert record["data"] == "75% text.txt + 25% sft.jsonl"
     cache = tmp_path / "run" / "checkpoints" / "distill" / "teacher-cache"
     index = json.loads((cache / "cache_index.json").read_text())
     # Only the rows the steps draw (2 steps × 2 rows of 16 tokens: 15 predictions each) went through the teacher.

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_minitron import PruningConfig, estimate_importance, model_shape, prune_model, save_pruned_model
+from hf_minitron import MinitronError, PruningConfig, estimate_importance, model_shape, prune_model, save_pruned_model
 
 from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
 
@@ -99,19 +99,68 @@ def test_keeping_everything_is_identity(family, input_ids):
     assert torch.equal(logits(model, input_ids), before)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_neuron_pruning_equals_zeroing_them_in_the_original(family, input_ids):
+def neuron_reference_ranking(model, calibration, selection: str, scores) -> list[torch.Tensor]:
+    """Per layer, the neuron ranking each selection defines, computed straight from its definition:
+    Minitron's activation scores as given, or E[a²] over the real tokens times ||down_proj column||²."""
+    if selection == "activation":
+        return list(scores.neurons)
+    rankings = []
+    for layer in model.model.layers:
+        captured = []
+        hook = layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, out=captured: out.append(a[0][0]))
+        with torch.no_grad():
+            for sample in calibration.samples:
+                model(input_ids=sample[None])
+        hook.remove()
+        mean_square = torch.cat(captured).double().pow(2).mean(0)
+        rankings.append(mean_square * layer.mlp.down_proj.weight.double().pow(2).sum(0))
+    return rankings
+
+
+@pytest.mark.parametrize("family, selection", [("llama", "energy"), ("llama", "activation"), ("gemma3", "energy")])
+def test_neuron_pruning_equals_zeroing_them_in_the_original(family, selection, input_ids):
     model = tiny_model(family)
-    scores = estimate_importance(model, calibration_data=tiny_calibration(), batch_size=4, progress=False)
+    calibration = tiny_calibration(padded=True)
+    scores = estimate_importance(model, calibration_data=calibration, batch_size=4, progress=False)
     reference = copy.deepcopy(model)
-    pruned = prune_model(model, PruningConfig(intermediate_size=50), scores)
+    rankings = neuron_reference_ranking(reference, calibration, selection, scores)
+    pruned = prune_model(model, PruningConfig(intermediate_size=50, neuron_selection=selection), scores)
     with torch.no_grad():
-        for layer_index, layer in enumerate(reference.model.layers):
-            kept = torch.topk(scores.neurons[layer_index], 50).indices
+        for layer, ranking in zip(reference.model.layers, rankings, strict=True):
+            kept = torch.topk(ranking, 50).indices
             removed = torch.ones(80, dtype=torch.bool)
             removed[kept] = False
             layer.mlp.down_proj.weight[:, removed] = 0
     torch.testing.assert_close(logits(pruned, input_ids), logits(reference, input_ids), rtol=1e-5, atol=1e-5)
+
+
+def test_the_two_neuron_selections_disagree_and_energy_needs_activation_statistics():
+    """Energy weighs each neuron by the weights it is read through: the neuron of least activation, read
+    through a down_proj column 100 times larger, writes much into the residual stream, and only energy
+    keeps it (its activation, the input of down_proj, does not change)."""
+    from hf_minitron.importance import magnitude_importance
+
+    model = tiny_model("llama")
+    scores = estimate_importance(model, calibration_data=tiny_calibration(), batch_size=4, progress=False)
+    weakest = int(scores.neurons[0].argmin())
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[:, weakest] *= 100
+    rescaled = estimate_importance(model, calibration_data=tiny_calibration(), batch_size=4, progress=False)
+    energy = prune_model(copy.deepcopy(model), PruningConfig(intermediate_size=40), rescaled)
+    activation = prune_model(
+        copy.deepcopy(model), PruningConfig(intermediate_size=40, neuron_selection="activation"), rescaled
+    )
+    column = model.model.layers[0].mlp.down_proj.weight[:, weakest]
+    assert int(rescaled.neurons[0].argmin()) == weakest
+
+    def keeps_it(student) -> bool:
+        return any(torch.equal(kept, column) for kept in student.model.layers[0].mlp.down_proj.weight.t())
+
+    assert keeps_it(energy) and not keeps_it(activation)
+    with pytest.raises(MinitronError, match="neuron_selection 'energy' needs"):
+        prune_model(copy.deepcopy(model), PruningConfig(intermediate_size=40), magnitude_importance(model))
+    with pytest.raises(MinitronError, match="Unknown neuron_selection"):
+        PruningConfig(intermediate_size=40, neuron_selection="wanda")
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])

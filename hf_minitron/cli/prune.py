@@ -11,7 +11,7 @@ from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
 from ..outputs import claim_output
 from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
-from ..pruning.config import EXPERT_SELECTIONS, TARGETS
+from ..pruning.config import EXPERT_SELECTIONS, NEURON_SELECTIONS, TARGETS
 from ..pruning.plan import needed_block_measurement
 from ..reconstruction import ReconstructionConfig, reconstruct_model
 from ..reconstruction.config import LAYER_CHOICES, SPAN_METHODS
@@ -35,6 +35,13 @@ def register(subparsers):
         default="mass",
         help="how --num-experts chooses: router weight x expert output norm summed over all tokens (mass), "
         "averaged over the routed tokens (saliency, REAP), or routing frequency",
+    )
+    targets.add_argument(
+        "--neuron-selection",
+        choices=NEURON_SELECTIONS,
+        default="energy",
+        help="how --intermediate-size chooses: the energy each neuron writes, E[a^2] x ||down_proj column||^2 "
+        "(energy), or its activation alone (activation, Minitron's)",
     )
     targets.add_argument("--pruning-config", default=None, help="a pruning_config.json instead of target flags")
     targets.add_argument(
@@ -107,6 +114,7 @@ def pruning_config_from_args(args) -> PruningConfig:
         layers_to_drop=args.layers_to_drop,
         head_residual_merge=args.head_residual_merge,
         expert_selection=args.expert_selection,
+        neuron_selection=args.neuron_selection,
     )
 
 

@@ -90,6 +90,7 @@ def prune_options(recipe: Recipe, student: str | None) -> tuple[dict, dict]:
         "layers_to_drop": targets.layers_to_drop,
         "head_residual_merge": targets.head_residual_merge,
         "expert_selection": targets.expert_selection,
+        "neuron_selection": targets.neuron_selection,
     }
     settings = {"recipe_student": name}
     reconstruction = recipe.reconstruction

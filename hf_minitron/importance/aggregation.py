@@ -55,6 +55,14 @@ def reduce_sequence(values: torch.Tensor, mask: torch.Tensor, how: str) -> torch
     return (squares / counts - mean * mean).clamp_min(0)
 
 
+def masked_square_sums(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[batch, seq, N] activations, [batch, seq] 0/1 mask → [N]: Σ x² over the unmasked tokens, in the
+    accumulator dtype (the numerator of each unit's mean squared activation)."""
+    x = x.float()
+    weights = mask.to(x.dtype).unsqueeze(1)  # [b, 1, s]
+    return torch.bmm(weights, x * x).sum((0, 1)).to(accumulator_dtype(x.device))
+
+
 def token_magnitudes(x: torch.Tensor, head_dim: int | None = None) -> torch.Tensor:
     """|x| per unit, or with ``head_dim`` the L2 norm of each head's slice: [b, s, N] fp32."""
     x = x.float()

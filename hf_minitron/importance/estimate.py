@@ -23,6 +23,7 @@ from .aggregation import (
     SampleAccumulator,
     accumulator_dtype,
     check_aggregation,
+    masked_square_sums,
     reduce_sequence,
     token_magnitudes,
 )
@@ -46,6 +47,7 @@ class _ActivationRecorder:
         layers = decoder_layers(model)
         self.heads = [SampleAccumulator() for _ in layers]
         self.neurons = [SampleAccumulator() for _ in layers]
+        self.neuron_squares: list[torch.Tensor | None] = [None] * len(layers)  # Σ a² over tokens, per neuron
         self.channels = [[SampleAccumulator() for _ in self.family.channel_norms] for _ in layers]
         self.cos_sums: list[torch.Tensor | None] = [None] * len(layers)
         self.token_count = 0.0  # every layer sees every token
@@ -115,6 +117,9 @@ class _ActivationRecorder:
     def _neuron_hook(self, index):
         def hook(module, args):
             self._add(self.neurons[index], args[0])
+            squares = masked_square_sums(args[0], self._mask_on(args[0].device))
+            previous = self.neuron_squares[index]
+            self.neuron_squares[index] = squares if previous is None else previous + squares
 
         return hook
 
@@ -136,6 +141,13 @@ class _ActivationRecorder:
 def _neuron_scores(recorder: _ActivationRecorder, how: str, width: int) -> torch.Tensor:
     """[layers, MLP size]; a layer without a dense MLP scores zero (nothing there to prune)."""
     rows = [acc.result(how) if acc.sums is not None else torch.zeros(width) for acc in recorder.neurons]
+    return torch.stack(rows)
+
+
+def _neuron_energy(recorder: _ActivationRecorder, width: int) -> torch.Tensor:
+    """[layers, MLP size]: E[a²] over every calibration token; zero where a layer has no dense MLP."""
+    tokens = max(recorder.token_count, 1.0)
+    rows = [(s / tokens).float().cpu() if s is not None else torch.zeros(width) for s in recorder.neuron_squares]
     return torch.stack(rows)
 
 
@@ -250,6 +262,7 @@ def estimate_importance(
     return ImportanceScores(
         heads=torch.stack([acc.result(batch_aggregation) for acc in recorder.heads]),
         neurons=_neuron_scores(recorder, batch_aggregation, config.intermediate_size),
+        neuron_energy=_neuron_energy(recorder, config.intermediate_size),
         **(expert_recorder.result() if expert_recorder.active else {}),
         channels_per_layer=channels,
         block_importance=recorder.block_importance(),

@@ -22,7 +22,9 @@ def magnitude_importance(model) -> ImportanceScores:
 
     Counted: the 2-D weights of every decoder layer, and the input embeddings (towards channels).
     A layer's block importance is the L2 norm of all its 2-D weights (layers with the smallest
-    weights are the ones ``block_importance`` selection drops).
+    weights are the ones ``block_importance`` selection drops). Having seen no activations, these scores
+    have no neuron energy: prune MLP neurons with them under ``neuron_selection="activation"``, which
+    ranks by ``neurons`` (here the weight norms).
     """
     family = family_for(model)
     config = model.config

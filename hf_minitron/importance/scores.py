@@ -19,6 +19,8 @@ METADATA_FILE = "importance.json"
 PLOT_FILE = "importance.png"
 BLOCK_PLOT_FILE = "block_removal.png"
 EXPERT_FIELDS = ("expert_saliency", "expert_frequency", "expert_neurons")
+# Tensors a set of scores may lack: scores saved before the field existed, or weight-magnitude scores.
+OPTIONAL_FIELDS = ("neuron_energy", *EXPERT_FIELDS)
 
 
 @dataclass
@@ -27,6 +29,8 @@ class ImportanceScores:
 
     heads              [layers, query heads]   attention output per head (input of o_proj)
     neurons            [layers, MLP size]      MLP activation per neuron (input of down_proj)
+    neuron_energy      [layers, MLP size]      mean squared activation per neuron over all tokens, E[a²]
+                                               (with down_proj's column norms: the energy a neuron writes)
     channels_per_layer [layers, hidden]        both norms' outputs of each layer, summed
     channels           [hidden]                ``channels_per_layer`` summed over layers
     block_importance   [layers]                1 − mean cos(layer input, layer output)
@@ -48,6 +52,7 @@ class ImportanceScores:
     block_accuracy: dict[int, torch.Tensor] = field(default_factory=dict)
     base_accuracy: float | None = None
     metadata: dict = field(default_factory=dict)
+    neuron_energy: torch.Tensor | None = None
     expert_saliency: torch.Tensor | None = None
     expert_frequency: torch.Tensor | None = None
     expert_neurons: torch.Tensor | None = None
@@ -91,7 +96,7 @@ class ImportanceScores:
             "block_importance": self.block_importance,
             **{f"block_lm_loss.{k}": v for k, v in self.block_lm_loss.items()},
             **{f"block_accuracy.{k}": v for k, v in self.block_accuracy.items()},
-            **{name: getattr(self, name) for name in EXPERT_FIELDS if getattr(self, name) is not None},
+            **{name: getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None},
         }
         temporary = directory / f".{TENSORS_FILE}.partial"
         save_file({k: v.contiguous().float().cpu() for k, v in tensors.items()}, str(temporary))
@@ -132,7 +137,7 @@ class ImportanceScores:
             block_accuracy=blocks("block_accuracy"),
             base_accuracy=base_accuracy,
             metadata=meta,
-            **{name: tensors.get(name) for name in EXPERT_FIELDS},
+            **{name: tensors.get(name) for name in OPTIONAL_FIELDS},
         )
 
     def plot(self, path: str | os.PathLike) -> Path:

@@ -141,14 +141,15 @@ def card_facts(run: Run, name: str, kind: str, records: dict) -> dict:
     speed = json.loads((run.folder("evaluate") / "throughput.json").read_text())
     labels = dict(run.model_stages())
     final = f"{name} {labels['align'] if kind == 'Instruct' else labels.get('distill', labels['prune'])}"
-    calibration = recipe.calibration.data if recipe.students else None
+    sources = (
+        recipe.calibration.data if recipe.students else None,
+        (recipe.distill or {}).get("dataset"),
+        (recipe.align or {}).get("dataset"),
+    )
     datasets = [
         d
-        for d in (
-            *(calibration if isinstance(calibration, dict) else [calibration]),  # each source of a mixture
-            (recipe.distill or {}).get("dataset"),
-            (recipe.align or {}).get("dataset"),
-        )
+        for source in sources
+        for d in (source if isinstance(source, dict) else [source])  # each source of a mixture
         if isinstance(d, str) and HUB_ID.match(d) and not Path(d).exists()
     ]
     facts = {

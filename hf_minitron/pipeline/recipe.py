@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from ..data import mixture_shares
+from ..data import is_mixture, mixture_shares
 from ..errors import MinitronError
 from ..pruning import PruningConfig
 from ..reconstruction import ReconstructionConfig
@@ -229,6 +229,19 @@ def _check_data_keys(section: str, values: dict) -> None:
     block = values.get("block_size")
     if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 2):
         _fail(section, f"'block_size' must be an integer ≥ 2, got {block!r}")
+    for key in ("dataset", "eval_dataset"):
+        if not is_mixture(values.get(key)):
+            continue
+        try:
+            mixture_shares(values[key], 1)
+        except MinitronError as error:
+            _fail(section, f"'{key}': {error}")
+        if block is None:
+            _fail(
+                section,
+                f"'{key}' mixes sources, whose rows can differ in kind (text, chat messages, prompt/completion): "
+                "add a block_size, and every source is cut into token rows of that length, which mix",
+            )
     cache = values.get("teacher_cache")
     if cache is None:
         return
@@ -297,7 +310,8 @@ def parse_recipe(values: dict) -> Recipe:
         except MinitronError as error:
             _fail("calibration", str(error))
     for section, settings in (("distill", recipe.distill), ("align", recipe.align)):
-        if settings and settings.get("dataset") == GENERATED and recipe.generate_data is None:
+        sources = settings.get("dataset") if settings else None
+        if GENERATED in (sources if is_mixture(sources) else [sources]) and recipe.generate_data is None:
             _fail(section, "uses dataset 'generated' but the recipe has no generate_data section")
     if recipe.publish is not None and recipe.publish.repo_id.count("/") != 1:
         _fail("publish", f"repo_id '{recipe.publish.repo_id}' must be ORG/NAME")

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import MinitronError
-from ..families import HEADS, HIDDEN, KV_HEADS, MLP, ModelFamily, family_for
+from ..families import HEADS, HIDDEN, KV_HEADS, MLP, ModelFamily, family_for, find_module
 from ..importance.scores import ImportanceScores
+from ..layers import decoder_layers
 from ..shapes import config_head_dim
 from .config import PruningConfig
 from .experts import choose_experts, expert_problems, expert_targets
@@ -139,6 +140,17 @@ def _validate(source, target, config: PruningConfig, scores: ImportanceScores | 
                 f"layer_selection '{config.layer_selection}' needs {field_name} for blocks of {k} layers (the "
                 f"scores have {have}); estimate importance with {argument}=[{k}] ({flag} {k})"
             )
+    if (
+        target["intermediate_size"] < source["intermediate_size"]
+        and config.neuron_selection == "energy"
+        and scores is not None
+        and scores.neuron_energy is None
+    ):
+        problems.append(
+            "neuron_selection 'energy' needs the neurons' mean squared activations, which these scores lack "
+            "(weight-magnitude scores, or scores saved by an earlier version); recompute them with "
+            "estimate_importance, or choose neuron_selection 'activation'"
+        )
     width_cut = any(
         target[k] < source[k]
         for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
@@ -165,6 +177,22 @@ def _choose_heads(scores: torch.Tensor, source_kv: int, target_heads: int, targe
         for i in range(max(1, 2 * k - big_l + 1), k + 1):
             merges.append((int(order[i - 1]) + g * per_group, int(order[2 * k - i]) + g * per_group))
     return torch.cat(heads), groups, merges
+
+
+def neuron_ranking(model, config: PruningConfig, scores: ImportanceScores) -> torch.Tensor:
+    """[layers, MLP size]: the score whose top ``intermediate_size`` neurons each layer keeps."""
+    if config.neuron_selection == "activation":
+        return scores.neurons
+    name = family_for(model).neuron_activation_input
+    rows = []
+    for index, layer in enumerate(decoder_layers(model)):
+        down_proj = find_module(layer, name)  # None in a sparse (mixture-of-experts) layer: nothing to rank
+        if down_proj is None:
+            rows.append(torch.zeros_like(scores.neuron_energy[index]))
+            continue
+        column_squares = down_proj.weight.detach().float().pow(2).sum(0).cpu()
+        rows.append(scores.neuron_energy[index].float() * column_squares)
+    return torch.stack(rows)
 
 
 def _choose_layers(config: PruningConfig, scores, num_layers: int, target_layers: int) -> list[int]:
@@ -241,7 +269,8 @@ def build_plan(model, config: PruningConfig, scores: ImportanceScores | None) ->
     if target["hidden_size"] < source["hidden_size"]:
         plan.hidden = top_k_sorted(scores.channels, target["hidden_size"])
     if target["intermediate_size"] < source["intermediate_size"]:
-        plan.neurons = {i: top_k_sorted(scores.neurons[i], target["intermediate_size"]) for i in keep_layers}
+        ranking = neuron_ranking(model, config, scores)
+        plan.neurons = {i: top_k_sorted(ranking[i], target["intermediate_size"]) for i in keep_layers}
     if (target["num_attention_heads"], target["num_key_value_heads"]) != (
         source["num_attention_heads"],
         source["num_key_value_heads"],

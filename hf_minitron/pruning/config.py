@@ -56,7 +56,9 @@ class PruningConfig:
             ``activation``: Minitron's activation importance alone (``ImportanceScores.neurons``).
             bench/neuron_selection.py (SmolLM2-135M, MLP neurons only, re-fitted): energy keeps the
             held-out documentation perplexity 5% lower at MLP 1536→768 and →1024 and 3% at →1280,
-            and Tiny Shakespeare's 7% and 3% lower at →768 and →1024 (2% higher at →1280).
+            and Tiny Shakespeare's 7% and 3% lower at →768 and →1024 (2% higher at →1280). At that
+            mild →1280 cut the activation score kept more everyday facts (bench/knowledge.py: 11 of
+            18 against 8), which is why the demo recipe's width student uses it.
     Mixture of experts (Qwen3-MoE, Mixtral):
         num_experts: experts kept in every sparse layer (at least ``num_experts_per_tok``); the
             least important go, with their router rows, so top-k routing runs over the survivors.

@@ -11,7 +11,7 @@ from .pruning import PruningConfig, prune_model, save_pruned_model
 from .reconstruction import ReconstructionConfig, reconstruct_model, reconstruct_models
 from .shapes import model_shape
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Distillation, evaluation and search pull in TRL and friends: load them on first use only.
 _LAZY = {

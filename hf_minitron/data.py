@@ -151,7 +151,12 @@ def iter_texts(
             yield item
     elif isinstance(source, (str, Path)) and Path(source).exists():
         path = Path(source)
-        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
+        if path.is_dir() and any(path.glob("data/*.parquet")):  # a dataset folder (generated data): rows, not its card
+            files = sorted(path.glob("data/*.parquet"))
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+        else:
+            files = [path]
         if not files:
             raise MinitronError(f"Folder '{path}' holds no text files", f"looked for {', '.join(TEXT_SUFFIXES)}")
         for file in files:

@@ -15,7 +15,7 @@ first ``block_search_samples``, and `distill` refuses the keys only a pipeline c
 from __future__ import annotations
 
 from ..errors import MinitronError
-from ..pipeline.recipe import GENERATED, TRAINING_KEYS, Recipe, check_student_models
+from ..pipeline.recipe import GENERATED, TRAINING_KEYS, Recipe, check_student_models, data_sources
 from ..pruning.config import TARGETS
 
 RECIPE_MARK = "students"  # a key every pipeline recipe has and no command's option file does
@@ -76,6 +76,12 @@ def prune_options(recipe: Recipe, student: str | None) -> tuple[dict, dict]:
         recipe, student, recipe.students, "names an existing model folder, so there is nothing to prune"
     )
     targets, calibration = recipe.students[name], recipe.calibration
+    if GENERATED in data_sources(calibration.data):
+        raise MinitronError(
+            f"The recipe's calibration data includes '{GENERATED}', the output of the pipeline's generate_data stage",
+            fix="run the recipe with `hf-minitron run`, or run `hf-minitron generate-data ... -o FOLDER` and name "
+            "FOLDER in the calibration data",
+        )
     options = {
         "model": recipe.teacher,
         "dtype": recipe.model_dtype,

@@ -35,7 +35,8 @@ GENERATED = "generated"  # a dataset value meaning "the generate_data stage's ou
 
 @dataclass
 class Calibration:
-    # One text source, or a mixture {source: share of the samples}.
+    # One text source, or a mixture {source: share of the samples}; "generated" names the generate_data
+    # stage's output (the teacher's own answers), which then runs before importance.
     data: str | dict[str, float] = "builtin:python-docs"
     dataset_config: str | None = None
     num_samples: int = 1024
@@ -135,6 +136,16 @@ TRAINING_KEYS = {
     "teacher_cache",
 }
 TEACHER_CACHE_KEYS = {"top_k": int, "values_dtype": str, "batch_size": int}
+
+
+def data_sources(data) -> list:
+    """The sources a data setting names: each source of a mixture {source: share}, or the one given."""
+    return list(data) if is_mixture(data) else [data]
+
+
+def calibrates_on_generated(recipe: Recipe) -> bool:
+    """Whether the calibration text includes the generate_data stage's output."""
+    return bool(recipe.students) and GENERATED in data_sources(recipe.calibration.data)
 
 
 def _fail(section: str, message: str, accepted=None):
@@ -309,9 +320,10 @@ def parse_recipe(values: dict) -> Recipe:
             mixture_shares(recipe.calibration.data, 1)
         except MinitronError as error:
             _fail("calibration", str(error))
+    if calibrates_on_generated(recipe) and recipe.generate_data is None:
+        _fail("calibration", "uses data 'generated' but the recipe has no generate_data section")
     for section, settings in (("distill", recipe.distill), ("align", recipe.align)):
-        sources = settings.get("dataset") if settings else None
-        if GENERATED in (sources if is_mixture(sources) else [sources]) and recipe.generate_data is None:
+        if settings and GENERATED in data_sources(settings.get("dataset")) and recipe.generate_data is None:
             _fail(section, "uses dataset 'generated' but the recipe has no generate_data section")
     if recipe.publish is not None and recipe.publish.repo_id.count("/") != 1:
         _fail("publish", f"repo_id '{recipe.publish.repo_id}' must be ORG/NAME")

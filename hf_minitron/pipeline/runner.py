@@ -29,7 +29,7 @@ from ..fingerprints import fingerprint
 from ..outputs import atomic_output_dir, claim_work_dir, prepare_work_dir, write_text_atomically
 from ..redaction import redact
 from . import cards, evaluate, publishing, quantized, records, stages, summary
-from .recipe import Recipe, check_student_models, load_recipe
+from .recipe import Recipe, calibrates_on_generated, check_student_models, load_recipe
 
 RUN_FILE = "run.json"
 RUN_KIND = "pipeline run"
@@ -50,9 +50,10 @@ class Stage:
 
 ALL_STAGES = (
     Stage("teacher_correction", "teacher-correction", (), stages.teacher_correction, trains=True),
+    # Before importance: the calibration text may include what the teacher writes.
+    Stage("generate_data", "generate-data", ("teacher_correction",), stages.generate_data, atomic=False),
     Stage("importance", "importance", ("teacher_correction",), stages.importance),
     Stage("prune", "prune", ("importance",), stages.prune),
-    Stage("generate_data", "generate-data", ("teacher_correction",), stages.generate_data, atomic=False),
     Stage("distill", "distill", ("prune", "generate_data"), stages.distill, trains=True),
     Stage("align", "align", ("distill", "generate_data"), stages.align, trains=True),
     Stage("evaluate", "evaluate", ("prune", "distill", "align"), evaluate.evaluate),
@@ -126,7 +127,10 @@ def _run_stages(recipe: Recipe, plan: list[Stage], output: Path, from_stage: str
     start = time.time()
     for index, stage in enumerate(plan, start=1):
         section, files = records.stage_inputs(recipe, stage.name)
-        upstream = {name: [fingerprints[name], digests[name]] for name in stage.reads if name in fingerprints}
+        reads = stage.reads
+        if stage.name in ("importance", "prune") and calibrates_on_generated(recipe):
+            reads = (*reads, "generate_data")  # the teacher's text is part of their calibration
+        upstream = {name: [fingerprints[name], digests[name]] for name in reads if name in fingerprints}
         fingerprints[stage.name] = fingerprint(
             {
                 "stage": stage.name,

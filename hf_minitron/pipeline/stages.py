@@ -89,13 +89,21 @@ class Run:
             settings = self.recipe.calibration
             _, tokenizer = self.teacher()
             self._calibration = build_calibration_set(
-                settings.data,
+                self._located(settings.data),
                 tokenizer,
                 num_samples=settings.num_samples,
                 seq_len=settings.seq_len,
                 dataset_config=settings.dataset_config,
             )
+            self._calibration.description = self._describe_sources(settings.data)  # not the run folder's path
         return self._calibration
+
+    def _located(self, data):
+        """``data`` with "generated" replaced by the folder the generate_data stage wrote."""
+        folder = str(self.folder("generate-data"))
+        if is_mixture(data):
+            return {folder if part == GENERATED else part: share for part, share in data.items()}
+        return folder if data == GENERATED else data
 
     def load(self, folder: Path):
         return load_model(str(folder), dtype=self.recipe.model_dtype, device_map=self.recipe.device_map)
@@ -118,11 +126,13 @@ class Run:
         return dataset
 
     def describe_data(self, section: dict, key: str = "dataset") -> str:
-        source = section[key]
-        if is_mixture(source):
-            total = sum(source.values())
-            return " + ".join(f"{100 * share / total:.0f}% {self._describe(part)}" for part, share in source.items())
-        return self._describe(source)
+        return self._describe_sources(section[key])
+
+    def _describe_sources(self, data) -> str:
+        if is_mixture(data):
+            total = sum(data.values())
+            return " + ".join(f"{100 * share / total:.0f}% {self._describe(part)}" for part, share in data.items())
+        return self._describe(data)
 
     def _describe(self, source) -> str:
         if source == GENERATED:

@@ -271,7 +271,8 @@ def test_publish_to_a_local_hub_and_dry_run(finished_run, tmp_path, monkeypatch,
 def test_demo_recipe_is_shipped_and_parses():
     assert (Path(__file__).parents[1] / "recipes" / "smollm2-135m-demo.yaml").read_text() == DEMO_RECIPE.read_text()
     recipe = demo_recipe()
-    assert set(recipe.students) == {"width", "depth"} and recipe.generate_data is None
+    assert set(recipe.students) == {"width", "depth"} and recipe.generate_data["max_prompts"] == 64
+    assert "generated" in recipe.calibration.data and recipe.distill["dataset"] == "builtin:python-docs"
     assert recipe.scaled(2.5).distill["max_steps"] == 100
     generated = demo_recipe(generated_data=True)
     assert generated.distill["dataset"] == "generated" and generated.generate_data["max_prompts"] == 64

@@ -261,16 +261,22 @@ def test_failed_save_leaves_no_folder(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_prune_reads_every_shipped_recipe_as_its_prune_stage(recipe):
-    """Each student a shipped recipe prunes becomes exactly the pruning config `prune --config` uses."""
+    """Each student a shipped recipe prunes becomes exactly the pruning config `prune --config` uses; a
+    recipe that calibrates on the teacher's answers (which only its pipeline writes) is refused at once."""
     from hf_minitron.cli import build_parser
     from hf_minitron.cli.common import parse_with_config
     from hf_minitron.cli.prune import pruning_config_from_args, reconstruction_config_from_args
     from hf_minitron.cli.recipe_options import prune_options
     from hf_minitron.pipeline import load_recipe
+    from hf_minitron.pipeline.recipe import calibrates_on_generated
 
     parsed = load_recipe(recipe)
     for name, targets in parsed.students.items():
         argv = ["--config", str(recipe), "--student", name, "--output", "unused"]
+        if calibrates_on_generated(parsed):
+            with pytest.raises(MinitronError, match="calibration data includes 'generated'"):
+                parse_with_config(build_parser()[1]["prune"], argv, prune_options)
+            continue
         args = parse_with_config(build_parser()[1]["prune"], argv, prune_options)
         assert pruning_config_from_args(args) == targets
         assert reconstruction_config_from_args(args) == parsed.reconstruction

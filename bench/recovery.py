@@ -55,7 +55,7 @@ from hf_minitron import (
     prune_model,
     reconstruct_models,
 )
-from hf_minitron.data import iter_texts, token_block_dataset
+from hf_minitron.data import iter_texts
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.evaluation.tasks import load_task, score_task
@@ -64,6 +64,7 @@ from hf_minitron.pruning.config import NEURON_SELECTIONS
 from hf_minitron.pruning.plan import block_lm_loss_sizes
 from hf_minitron.pruning.prune import RECORD_KEY
 from hf_minitron.shapes import model_shape
+from hf_minitron.training_data import token_block_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The shapes of each teacher: about half and about three quarters of its non-embedding parameters.

@@ -9,13 +9,13 @@ science, history, how-to, stories and code) are text too: mixed into the calibra
 pruning from choosing only what documentation needs.
 
 Calibration may mix sources: a mapping ``{source: share}`` draws that share of the samples from each.
+Rows for trainers (datasets, token blocks, mixtures of them) are in ``training_data``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ def _python_docs(heldout: bool) -> list[str]:
     return [topics[n] for i, n in enumerate(names) if (i % 5 == 4) == heldout]
 
 
-def _text_of_row(row: dict, text_column: str | None, tokenizer=None) -> str:
+def text_of_row(row: dict, text_column: str | None, tokenizer=None) -> str:
     if text_column is not None:
         if text_column not in row:
             raise MinitronError(
@@ -96,12 +96,12 @@ def _read_file_rows(path: Path, text_column: str | None, tokenizer) -> Iterator[
             handle.seek(0)
             rows = _json(handle.read(), path, None) if first == "[" else _json_lines(handle, path)
             for row in rows:
-                yield row if isinstance(row, str) else _text_of_row(row, text_column, tokenizer)
+                yield row if isinstance(row, str) else text_of_row(row, text_column, tokenizer)
     elif path.suffix == ".parquet":
         import datasets
 
         for row in datasets.Dataset.from_parquet(str(path)):
-            yield _text_of_row(row, text_column, tokenizer)
+            yield text_of_row(row, text_column, tokenizer)
     else:
         raise MinitronError(
             f"Cannot read '{path}' as text",
@@ -174,7 +174,7 @@ def iter_texts(
                 "check the name and your network, or pass a local .txt/.jsonl/.parquet file",
             ) from error
         for row in dataset:
-            yield _text_of_row(row, text_column, tokenizer)
+            yield text_of_row(row, text_column, tokenizer)
     else:
         import datasets
 
@@ -186,7 +186,7 @@ def iter_texts(
                 fix="pass a list of strings, a datasets.Dataset, a file path or a dataset id",
             )
         for row in source:
-            yield _text_of_row(row, text_column, tokenizer)
+            yield text_of_row(row, text_column, tokenizer)
 
 
 def check_text_source(source) -> None:
@@ -390,85 +390,3 @@ def build_calibration_set(
     if len(samples) < num_samples:
         logger.warning("Calibration data gave %d samples of the %d asked for.", len(samples), num_samples)
     return CalibrationSet(samples=samples, pad_token_id=pad, description=description)
-
-
-def load_training_dataset(
-    source, dataset_config: str | None = None, split: str = "train", max_samples: int | None = None
-):
-    """A ``datasets.Dataset`` for a trainer: Hub id, local .jsonl/.json/.parquet (all columns kept, so chat
-    ``messages`` and ``prompt``/``completion`` data work), a .txt file or folder, or built-in text."""
-    import datasets
-
-    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
-        dataset = source
-    elif isinstance(source, str) and source in BUILTIN_TEXTS:
-        dataset = datasets.Dataset.from_dict({"text": list(iter_texts(source))})
-    elif isinstance(source, (str, Path)) and Path(source).exists():
-        path = Path(source)
-        if path.is_dir() and (path / "state.json").is_file():  # written by Dataset.save_to_disk
-            dataset = datasets.load_from_disk(str(path))
-        elif path.is_dir() and any(path.glob("data/*.parquet")):  # a dataset folder, e.g. generated data
-            dataset = datasets.load_dataset(str(path), split="train")
-        elif path.is_dir() or path.suffix in (".txt", ".md"):
-            texts = [t for t in iter_texts(str(path)) if t.strip()]
-            dataset = datasets.Dataset.from_dict({"text": texts})
-        elif path.suffix in (".jsonl", ".json", ".parquet"):
-            builder = "parquet" if path.suffix == ".parquet" else "json"
-            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-        else:
-            raise MinitronError(f"Cannot read '{path}' as a dataset", f"supported: {', '.join(TEXT_SUFFIXES)}")
-    else:
-        check_text_source(source)
-        try:
-            dataset = datasets.load_dataset(str(source), dataset_config, split=split)
-        except Exception as error:  # not found, no network, bad split: all mean the same to the user
-            raise MinitronError(
-                f"Could not load the dataset '{source}' (split '{split}')",
-                f"{type(error).__name__}: {error}",
-                "check the name, split and network, or pass a local .jsonl/.parquet/.txt file",
-            ) from error
-    if len(dataset) == 0:
-        raise MinitronError(f"The dataset '{describe_text_source(source)}' is empty", fix="point at data with rows")
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    return dataset
-
-
-def mix_training_rows(parts: Mapping[str, object]) -> object:
-    """One ``datasets.Dataset`` of ``parts`` {source: (rows, share)} in which each source holds its share of
-    the rows: every row of the source that needs the most rows for its share once, the other sources' rows
-    repeated in turn to fill theirs (a trainer that stops after some steps then draws each source in its
-    share, and a small source of teacher-written answers is not diluted by a large corpus). The rows must
-    share their columns, as token blocks of one ``block_size`` do."""
-    import datasets
-
-    shares = dict(_shares({source: share for source, (_, share) in parts.items()}))
-    total = math.ceil(max(len(rows) / shares[source] for source, (rows, _) in parts.items()))
-    counts = mixture_shares(shares, total)
-    return datasets.concatenate_datasets(
-        [rows.select([i % len(rows) for i in range(counts[source])]) for source, (rows, _) in parts.items()]
-    )
-
-
-def token_block_dataset(dataset, tokenizer, block_size: int, text_column: str | None = None):
-    """Texts joined with EOS and cut into rows of exactly ``block_size`` tokens (``input_ids``), the last
-    partial block dropped: pre-training-style rows that any SFT or distillation trainer reads as they are,
-    with no padding and no text lost to truncation, and that a teacher-logit cache can index row by row."""
-    import datasets
-
-    if block_size < 2:
-        raise MinitronError(f"block_size ({block_size}) must be ≥ 2")
-    stream: list[int] = []
-    for row in dataset:
-        text = _text_of_row(row, text_column, tokenizer)
-        if text.strip():
-            stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-    prefix = row_prefix(tokenizer)
-    take = block_size - len(prefix)
-    blocks = [prefix + stream[start : start + take] for start in range(0, len(stream) - take + 1, take)]
-    if not blocks:
-        raise MinitronError(
-            f"The training text holds {len(stream)} tokens, fewer than one block of {block_size}",
-            fix="give more text or a smaller block_size",
-        )
-    return datasets.Dataset.from_dict({"input_ids": blocks})

@@ -177,7 +177,7 @@ def test_family_plans_cover_every_parameter(family):
 
 
 def test_training_rows_mix_in_their_shares():
-    from hf_minitron.data import mix_training_rows
+    from hf_minitron.training_data import mix_training_rows
 
     docs = datasets.Dataset.from_dict({"input_ids": [[i, i] for i in range(100)]})
     answers = datasets.Dataset.from_dict({"input_ids": [[-i, -i] for i in range(1, 31)]})

@@ -195,8 +195,9 @@ def bos_tokenizer():
 def test_rows_cut_from_a_stream_start_with_bos_when_the_tokenizer_adds_it():
     """Models trained with a BOS first (Gemma 3 270M: ppl 64.5 without, 14.2 with) see one in every
     calibration sample, training block and perplexity window; tokenizers without one are unchanged."""
-    from hf_minitron.data import build_calibration_set, row_prefix, token_block_dataset
+    from hf_minitron.data import build_calibration_set, row_prefix
     from hf_minitron.evaluation.perplexity import perplexity
+    from hf_minitron.training_data import token_block_dataset
 
     tokenizer, plain = bos_tokenizer(), char_tokenizer()
     assert tokenizer("ab")["input_ids"][0] == 2 and row_prefix(tokenizer) == [2] and row_prefix(plain) == []

@@ -9,7 +9,6 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_minitron import MinitronError
 from hf_minitron.cli import main
-from hf_minitron.data import load_training_dataset, token_block_dataset
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.distillation_data import (
     BUILTIN_PROMPTS,
@@ -19,6 +18,7 @@ from hf_minitron.distillation_data import (
     generate_distillation_data,
     load_prompts,
 )
+from hf_minitron.training_data import load_training_dataset, token_block_dataset
 
 from helpers import char_tokenizer, save_tiny, tiny_model
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ..data import check_text_source, load_training_dataset
+from ..data import check_text_source
 from ..errors import MinitronError
 from ..importance import ImportanceScores
 from ..loading import load_model_and_tokenizer
 from ..outputs import claim_work_dir
 from ..search import SearchSettings, architecture_search, enumerate_candidates, read_results, search_table
 from ..search.run import SEARCH_KIND
+from ..training_data import load_training_dataset
 from .common import add_data_args, add_model_args, add_output_args, require
 from .importance import add_importance_args, compute_scores
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from ..checkpoints import check_checkpoint, last_complete_checkpoint, train_from
-from ..data import load_training_dataset
 from ..errors import MinitronError
 from ..loading import load_model, load_tokenizer
 from ..outputs import check_output_dir, claim_work_dir
+from ..training_data import load_training_dataset
 
 TRAINING_KIND = "training run"
 

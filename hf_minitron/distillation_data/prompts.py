@@ -280,7 +280,7 @@ def load_prompts(source, column: str | None = None, split: str = "train", max_pr
     elif isinstance(source, (str, Path)) and Path(source).suffix == ".txt" and Path(source).is_file():
         prompts = Path(source).read_text(encoding="utf-8").splitlines()
     else:
-        from ..data import load_training_dataset
+        from ..training_data import load_training_dataset
 
         dataset = load_training_dataset(str(source), split=split)
         names = dataset.column_names

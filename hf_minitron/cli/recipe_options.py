@@ -15,7 +15,8 @@ first ``block_search_samples``, and `distill` refuses the keys only a pipeline c
 from __future__ import annotations
 
 from ..errors import MinitronError
-from ..pipeline.recipe import GENERATED, TRAINING_KEYS, Recipe, check_student_models, data_sources
+from ..pipeline.recipe import GENERATED, Recipe, check_student_models, data_sources
+from ..pipeline.recipe_sections import TRAINING_KEYS
 from ..pruning.config import TARGETS
 
 RECIPE_MARK = "students"  # a key every pipeline recipe has and no command's option file does

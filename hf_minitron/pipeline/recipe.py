@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import math
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ..data import is_mixture, mixture_shares
 from ..errors import MinitronError
 from ..pruning import PruningConfig
 from ..reconstruction import ReconstructionConfig
+from .recipe_sections import dataclass_section, section_error, trainer_section
 
 DEMO_RECIPE = Path(__file__).with_name("smollm2-135m-demo.yaml")
 GENERATED = "generated"  # a dataset value meaning "the generate_data stage's output"
@@ -123,21 +123,6 @@ class Recipe:
         return scaled
 
 
-# Data keys of trainer sections, beside the fields of their config. ``block_size``: train on rows of exactly
-# that many tokens cut from the joined text (no padding, nothing truncated). ``teacher_cache`` (distill only):
-# run the teacher once over the data into a top-k logit cache that every student trains from.
-TRAINING_KEYS = {
-    "dataset",
-    "dataset_config",
-    "dataset_split",
-    "eval_dataset",
-    "max_samples",
-    "block_size",
-    "teacher_cache",
-}
-TEACHER_CACHE_KEYS = {"top_k": int, "values_dtype": str, "batch_size": int}
-
-
 def data_sources(data) -> list:
     """The sources a data setting names: each source of a mixture {source: share}, or the one given."""
     return list(data) if is_mixture(data) else [data]
@@ -146,123 +131,6 @@ def data_sources(data) -> list:
 def calibrates_on_generated(recipe: Recipe) -> bool:
     """Whether the calibration text includes the generate_data stage's output."""
     return bool(recipe.students) and GENERATED in data_sources(recipe.calibration.data)
-
-
-def _fail(section: str, message: str, accepted=None):
-    why = f"'{section}' accepts: {', '.join(sorted(accepted))}" if accepted else ""
-    raise MinitronError(f"Recipe section '{section}': {message}", why, "fix the recipe file")
-
-
-_SIMPLE = (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list), ("dict", dict))
-
-
-def _check_type(section: str, key: str, value, annotation):
-    """``value`` if it fits the field's annotation (numbers written as '2e-5' become floats), else an error.
-
-    Annotations naming none of the simple types (enums, callables) are left to the config itself."""
-    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    names = [(name, kind) for name, kind in _SIMPLE if re.search(rf"\b{name}\b", text)]
-    if value is None:
-        if names and "None" not in text and "Optional" not in text:
-            _fail(section, f"'{key}' must not be empty")
-        return value
-    if not names:
-        return value
-    for _, kind in names:
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            return value
-    if any(kind is float for _, kind in names) and isinstance(value, str):
-        try:
-            return float(value)  # YAML reads 2e-5 (no dot) as a string
-        except ValueError:
-            pass
-    _fail(section, f"'{key}' must be {text.replace('typing.', '')}, got {value!r}")
-
-
-def _annotations(cls) -> dict:
-    """Field annotations as declared. (HfArgumentParser rewrites ``Field.type`` in place when it builds
-    a parser, e.g. ``dict | str | None`` becomes ``str``, so the dataclass fields cannot be trusted.)"""
-    merged = {}
-    for klass in reversed(cls.__mro__):
-        merged.update(vars(klass).get("__annotations__", {}))
-    return merged
-
-
-def _dataclass_section(cls, values, section: str):
-    if values is None:
-        return None
-    if not isinstance(values, dict):
-        _fail(section, f"must be a mapping of settings, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        _fail(section, f"unknown key(s) {', '.join(unknown)}", fields)
-    types = _annotations(cls)
-    values = {key: _check_type(section, key, value, types[key]) for key, value in values.items()}
-    return cls(**values)
-
-
-def _config_section(values, section: str, config_class, required_dataset: bool = True):
-    """A trainer section: our data keys plus any field of ``config_class``, checked by building it."""
-    if values is None:
-        return None
-    if not isinstance(values, dict):
-        _fail(section, f"must be a mapping of settings, got {values!r}")
-    if required_dataset and not values.get("dataset"):
-        _fail(section, "needs a 'dataset' (HF dataset id, local file, builtin text, or 'generated')")
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    names = set(fields)
-    unknown = sorted(set(values) - names - TRAINING_KEYS)
-    if "output_dir" in values:
-        unknown.append("output_dir (each stage has its own folder)")
-    if unknown:
-        _fail(section, f"unknown key(s) {', '.join(unknown)}", names | TRAINING_KEYS)
-    types = _annotations(config_class)
-    values = {k: _check_type(section, k, v, types[k]) if k in types else v for k, v in values.items()}
-    _check_data_keys(section, values)
-    settings = {k: v for k, v in values.items() if k not in TRAINING_KEYS}
-    if values.get("teacher_cache") is not None:
-        # What a cache cannot serve (packing, intermediate losses) is refused now, by the config itself.
-        settings["teacher_logits_cache"] = tempfile.gettempdir()
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            config_class(**{"report_to": [], **settings, "output_dir": scratch})
-    except MinitronError as error:
-        _fail(section, str(error))
-    except (TypeError, ValueError) as error:
-        _fail(section, f"invalid settings ({error})")
-    return dict(values)
-
-
-def _check_data_keys(section: str, values: dict) -> None:
-    block = values.get("block_size")
-    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 2):
-        _fail(section, f"'block_size' must be an integer ≥ 2, got {block!r}")
-    for key in ("dataset", "eval_dataset"):
-        if not is_mixture(values.get(key)):
-            continue
-        try:
-            mixture_shares(values[key], 1)
-        except MinitronError as error:
-            _fail(section, f"'{key}': {error}")
-        if block is None:
-            _fail(
-                section,
-                f"'{key}' mixes sources, whose rows can differ in kind (text, chat messages, prompt/completion): "
-                "add a block_size, and every source is cut into token rows of that length, which mix",
-            )
-    cache = values.get("teacher_cache")
-    if cache is None:
-        return
-    if section != "distill":
-        _fail(section, "'teacher_cache' belongs in the distill section")
-    if not isinstance(cache, dict) or set(cache) - set(TEACHER_CACHE_KEYS):
-        _fail(section, f"'teacher_cache' must be a mapping of {', '.join(TEACHER_CACHE_KEYS)}, got {cache!r}")
-    for key, kind in TEACHER_CACHE_KEYS.items():
-        if key in cache and not isinstance(cache[key], kind):
-            _fail(section, f"'teacher_cache.{key}' must be {kind.__name__}, got {cache[key]!r}")
 
 
 def parse_recipe(values: dict) -> Recipe:
@@ -278,91 +146,103 @@ def parse_recipe(values: dict) -> Recipe:
     fields = {f.name: f for f in dataclasses.fields(Recipe) if f.name not in ("raw", "student_models")}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        _fail("(top level)", f"unknown key(s) {', '.join(unknown)}", fields)
+        section_error("(top level)", f"unknown key(s) {', '.join(unknown)}", fields)
     missing = [k for k in ("name", "teacher", "students") if not values.get(k)]
     if missing:
-        _fail("(top level)", f"missing {', '.join(missing)}")
+        section_error("(top level)", f"missing {', '.join(missing)}")
     for key in ("name", "teacher", "model_dtype"):
         if key in values and not isinstance(values[key], str):
-            _fail("(top level)", f"'{key}' must be a string, got {values[key]!r}")
+            section_error("(top level)", f"'{key}' must be a string, got {values[key]!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", values["name"]):
-        _fail("(top level)", f"name '{values['name']}' must be a valid repository name (letters, digits, . _ -)")
+        section_error(
+            "(top level)", f"name '{values['name']}' must be a valid repository name (letters, digits, . _ -)"
+        )
     pruned_students, student_models = _students_section(values["students"])
     generate = values.get("generate_data")
     if generate is not None:
         generate = dict(generate)
         prompts = {k: generate.pop(k) for k in ("prompts", "prompt_column") if k in generate}
-        _dataclass_section(GenerationSettings, generate, "generate_data").check()
+        dataclass_section(GenerationSettings, generate, "generate_data").check()
         generate.update(prompts)
     recipe = Recipe(
         name=values["name"],
         teacher=values["teacher"],
         students=pruned_students,
         student_models=student_models,
-        distill=_config_section(values.get("distill"), "distill", DistillationConfig),
+        distill=trainer_section(values.get("distill"), "distill", DistillationConfig),
         model_dtype=values.get("model_dtype", "float32"),
         device_map=values.get("device_map"),
-        calibration=_dataclass_section(Calibration, values.get("calibration", {}), "calibration"),
+        calibration=dataclass_section(Calibration, values.get("calibration", {}), "calibration"),
         reconstruction=_reconstruction_section(values.get("reconstruction", {})),
-        teacher_correction=_config_section(
+        teacher_correction=trainer_section(
             values.get("teacher_correction"), "teacher_correction", TeacherCorrectionConfig
         ),
         generate_data=generate,
-        align=_config_section(values.get("align"), "align", AlignmentConfig),
-        evaluate=_dataclass_section(Evaluation, values.get("evaluate", {}), "evaluate"),
+        align=trainer_section(values.get("align"), "align", AlignmentConfig),
+        evaluate=dataclass_section(Evaluation, values.get("evaluate", {}), "evaluate"),
         quantize=_quantize_section(values.get("quantize")),
-        card=_dataclass_section(Card, values.get("card", {}), "card"),
-        publish=_dataclass_section(Publish, values.get("publish"), "publish"),
+        card=dataclass_section(Card, values.get("card", {}), "card"),
+        publish=dataclass_section(Publish, values.get("publish"), "publish"),
         raw=copy.deepcopy(values),
     )
     if isinstance(recipe.calibration.data, dict):
         try:
             mixture_shares(recipe.calibration.data, 1)
         except MinitronError as error:
-            _fail("calibration", str(error))
+            section_error("calibration", str(error))
     if calibrates_on_generated(recipe) and recipe.generate_data is None:
-        _fail("calibration", "uses data 'generated' but the recipe has no generate_data section")
+        section_error("calibration", "uses data 'generated' but the recipe has no generate_data section")
     for section, settings in (("distill", recipe.distill), ("align", recipe.align)):
         if settings and GENERATED in data_sources(settings.get("dataset")) and recipe.generate_data is None:
-            _fail(section, "uses dataset 'generated' but the recipe has no generate_data section")
+            section_error(section, "uses dataset 'generated' but the recipe has no generate_data section")
     if recipe.publish is not None and recipe.publish.repo_id.count("/") != 1:
-        _fail("publish", f"repo_id '{recipe.publish.repo_id}' must be ORG/NAME")
+        section_error("publish", f"repo_id '{recipe.publish.repo_id}' must be ORG/NAME")
     if recipe.distill is None:
         # Alignment trains distilled students, and a given student is only there to be distilled.
         if recipe.align is not None:
-            _fail("align", "aligns the distilled students, but the recipe has no distill section")
+            section_error("align", "aligns the distilled students, but the recipe has no distill section")
         for name in recipe.student_models:
-            _fail(f"students.{name}", "names an existing model, but the recipe has no distill section to train it")
+            section_error(
+                f"students.{name}", "names an existing model, but the recipe has no distill section to train it"
+            )
     return recipe
 
 
 def _students_section(students) -> tuple[dict[str, PruningConfig], dict[str, str]]:
     """(students pruned here: name → targets, students that already exist: name → model folder)."""
     if not isinstance(students, dict):
-        _fail("students", "must map a student name (width, depth, ...) to its pruning targets or {model: FOLDER}")
+        section_error(
+            "students", "must map a student name (width, depth, ...) to its pruning targets or {model: FOLDER}"
+        )
     accepted = [f.name for f in dataclasses.fields(PruningConfig)] + ["model"]
     pruned, existing = {}, {}
     for name, entry in students.items():
         section = f"students.{name}"
         if not re.fullmatch(r"[a-z][a-z0-9]*", str(name)):
-            _fail("students", f"student name '{name}' must be lower-case letters and digits (e.g. width, depth)")
+            section_error(
+                "students", f"student name '{name}' must be lower-case letters and digits (e.g. width, depth)"
+            )
         entry = {} if entry is None else entry
         if not isinstance(entry, dict):
-            _fail(section, f"must be a mapping of pruning targets or {{model: FOLDER}}, got {entry!r}", accepted)
+            section_error(
+                section, f"must be a mapping of pruning targets or {{model: FOLDER}}, got {entry!r}", accepted
+            )
         if "model" in entry:
             extra = sorted(set(entry) - {"model"})
             if extra:
-                _fail(section, f"'model' names a student that is already pruned; drop its targets ({', '.join(extra)})")
+                section_error(
+                    section, f"'model' names a student that is already pruned; drop its targets ({', '.join(extra)})"
+                )
             if not isinstance(entry["model"], str) or not entry["model"]:
-                _fail(section, f"'model' must be the path of a model folder, got {entry['model']!r}")
+                section_error(section, f"'model' must be the path of a model folder, got {entry['model']!r}")
             existing[name] = entry["model"]
             continue
         try:
             pruned[name] = PruningConfig(**entry)
         except TypeError as error:
-            _fail(section, f"invalid targets ({error})", accepted)
+            section_error(section, f"invalid targets ({error})", accepted)
         except MinitronError as error:
-            _fail(section, str(error))
+            section_error(section, str(error))
     return pruned, existing
 
 
@@ -384,21 +264,21 @@ def _reconstruction_section(values) -> ReconstructionConfig | None:
     if values is True:
         values = {}
     try:
-        return _dataclass_section(ReconstructionConfig, values, "reconstruction")
+        return dataclass_section(ReconstructionConfig, values, "reconstruction")
     except MinitronError as error:
         if "Recipe section" in str(error):
             raise
-        _fail("reconstruction", str(error))
+        section_error("reconstruction", str(error))
 
 
 def _quantize_section(values) -> Quantize | None:
     from ..quantization import GGUF_TYPES, SCHEMES
 
-    section = _dataclass_section(Quantize, values, "quantize")
+    section = dataclass_section(Quantize, values, "quantize")
     if section is not None:
         wrong = [s for s in section.schemes if s not in SCHEMES] + [t for t in section.gguf if t not in GGUF_TYPES]
         if wrong:
-            _fail("quantize", f"unknown scheme(s) {', '.join(map(str, wrong))}", [*SCHEMES, *GGUF_TYPES])
+            section_error("quantize", f"unknown scheme(s) {', '.join(map(str, wrong))}", [*SCHEMES, *GGUF_TYPES])
     return section
 
 

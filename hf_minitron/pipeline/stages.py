@@ -26,7 +26,8 @@ from ..pruning import check_pruning_config, prune_model, save_pruned_model
 from ..pruning.plan import block_lm_loss_sizes, needed_block_measurement
 from ..shapes import model_shape
 from ..training_data import load_training_dataset, mix_training_rows, token_block_dataset
-from .recipe import GENERATED, TRAINING_KEYS, Recipe
+from .recipe import GENERATED, Recipe
+from .recipe_sections import TRAINING_KEYS
 
 CPU_TOKENS_PER_SECOND = 200  # about what a 2-core CPU trains a SmolLM2-sized student at (bf16, cached teacher)
 CHECKPOINTS_FOLDER = "checkpoints"

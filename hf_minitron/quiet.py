@@ -6,11 +6,17 @@
 - torch logs a deprecation when torchao registers enum types with pytree; harmless here.
 
 Only these two loggers are raised to ERROR, before transformers is imported; real errors still show.
+
+``library_progress_bars_off`` turns off the progress bars datasets draws for each map over a few hundred
+rows and transformers for each model it loads or writes, while a pipeline stage runs: the runner prints
+one line per stage and the trainers one per logging step, and dozens of finished bars in a log say nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
@@ -18,6 +24,23 @@ QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 def quiet_third_party_logs() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def library_progress_bars_off() -> Iterator[None]:
+    import datasets
+    import transformers.utils.logging as transformers_logging
+
+    datasets_on, transformers_on = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
 
 
 quiet_third_party_logs()  # on import: hf_minitron/__init__.py imports this module first

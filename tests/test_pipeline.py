@@ -293,15 +293,17 @@ def test_publish_needs_no_network_for_dry_run(finished_run, tmp_path):
     assert (tmp_path / "d" / "org__X-Depth-Base" / "model.safetensors").is_file()
 
 
-def test_students_share_one_teacher_cache_over_token_blocks(tmp_path):
+def test_students_share_one_teacher_cache_over_token_blocks(tmp_path, capfd):
     """With teacher_cache the teacher runs once over the data; both students train from its top-k targets.
-    The data mixes two sources of different kinds (plain text, prompt/response rows), cut into blocks."""
+    The data mixes two sources of different kinds (plain text, prompt/response rows), cut into blocks.
+    The log holds the stages' own lines, not a bar for each dataset map or model load."""
     values = make_inputs(tmp_path)
     mixture = {values["distill"]["dataset"]: 3, values["align"]["dataset"]: 1}
     values["distill"].update(dataset=mixture, packing=False, block_size=16, teacher_cache={"top_k": 8})
     for section in ("align", "quantize", "publish"):
         values.pop(section)
     values["evaluate"] = {"perplexity_data": values["evaluate"]["perplexity_data"], "seq_len": 32, "max_tokens": 64}
+    capfd.readouterr()  # the inputs' own writing
     result = run_recipe(parse_recipe(values), tmp_path / "run", publish=False)
     record = json.loads((tmp_path / "run" / "distill" / "stage.json").read_text())["record"]
     assert record["teacher_cache"] == {"top_k": 8}
@@ -313,6 +315,10 @@ def test_students_share_one_teacher_cache_over_token_blocks(tmp_path):
     for name in ("width", "depth"):
         assert record["students"][name]["steps"] == 2 and record["students"][name]["tokens"] == 2 * 2 * 16
     assert "ppl distilled" in result["table"]
+    log = capfd.readouterr().err
+    assert "distill: done" in log
+    for bar in ("Building labels", "Truncating train dataset", "Map", "Loading weights", "Writing model shards"):
+        assert bar not in log
 
 
 def test_the_teacher_written_text_calibrates_and_trains_the_students(tmp_path):

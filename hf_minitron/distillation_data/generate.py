@@ -31,6 +31,7 @@ from ..fingerprints import fingerprint
 from ..loading import describe_source, load_teacher, load_tokenizer, teacher_dtype
 from ..locking import output_lock
 from ..outputs import has_contents, prepare_work_dir, remove_if_unused, write_text_atomically
+from ..quiet import library_progress_bars_off
 from .backends import TransformersBackend, VllmBackend
 from .prompts import BUILTIN_PROMPTS, load_prompts
 
@@ -340,13 +341,8 @@ def _write_shard(output: Path, shard: int, rows: list[dict]) -> None:
         return
     path = output / "data" / _shard_name(shard)
     temporary = path.with_name(f".{path.name}.partial")
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # one line per shard is printed instead
-    try:
+    with library_progress_bars_off():  # one line per shard is printed instead
         datasets.Dataset.from_list(rows).to_parquet(str(temporary))
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
     os.replace(temporary, path)
 
 

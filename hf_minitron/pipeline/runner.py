@@ -27,6 +27,7 @@ from ..distillation_data.generate import DATA_KIND
 from ..errors import MinitronError
 from ..fingerprints import fingerprint
 from ..outputs import atomic_output_dir, claim_work_dir, prepare_work_dir, write_text_atomically
+from ..quiet import library_progress_bars_off
 from ..redaction import redact
 from . import cards, evaluate, publishing, quantized, records, stages, summary
 from .recipe import Recipe, calibrates_on_generated, check_student_models, load_recipe
@@ -160,7 +161,8 @@ def _run_stages(recipe: Recipe, plan: list[Stage], output: Path, from_stage: str
         if stage.trains:  # checkpoints of other inputs, or of a forced rerun, are cleared
             key = fingerprints[stage.name]
             prepare_work_dir(run.checkpoints(stage.folder), kind=CHECKPOINTS_KIND, key=key, overwrite=forced, keep=True)
-        results[stage.name] = redact(_run_stage(stage, run, folder, results, fingerprints[stage.name]))
+        with library_progress_bars_off():
+            results[stage.name] = redact(_run_stage(stage, run, folder, results, fingerprints[stage.name]))
         seconds = round(time.time() - began, 1)
         digests[stage.name] = records.write_stage(folder, fingerprints[stage.name], seconds, results[stage.name])
         print(f"{label}: done in {seconds} s", file=sys.stderr)

@@ -28,7 +28,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import datasets
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,15 +40,14 @@ from hf_minitron import (
     prune_model,
     reconstruct_models,
 )
-from hf_minitron.data import CalibrationSet, iter_texts, prompt_ids
-from hf_minitron.distillation_data import GenerationSettings, generate_distillation_data
+from hf_minitron.data import iter_texts, prompt_ids
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.pruning.config import NEURON_SELECTIONS
 from hf_minitron.pruning.plan import block_lm_loss_sizes
 from hf_minitron.shapes import model_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery import mixed_texts  # documentation topics interleaved with dolly pairs
+from calibration_text import PROMPTS, interleave, mixed_texts, teacher_written, with_teacher_answers
 
 # (prompt, a word the right answer contains); prompts the teacher itself gets wrong are left out.
 FACTS = (
@@ -77,6 +75,9 @@ FACTS = (
 SHAPES = {
     "width 540/1152": PruningConfig(hidden_size=540, intermediate_size=1152),
     "width MLP 1280": PruningConfig(intermediate_size=1280),
+    # Other ways to about seven eighths: a third of the query heads with fewer neurons; fewer channels.
+    "width heads 6 MLP 1408": PruningConfig(num_attention_heads=6, intermediate_size=1408),
+    "width hidden 504": PruningConfig(hidden_size=504),
     "depth 23": PruningConfig(num_hidden_layers=23, layer_selection="lm_loss"),
     "depth 26": PruningConfig(num_hidden_layers=26, layer_selection="lm_loss"),
     # The same depths with the layers of lowest 1 - cos(input, output), wherever they are.
@@ -94,25 +95,11 @@ VARIANTS = {
 STORY_PROMPTS = ("Once upon a time", "Once upon a time, there was")
 
 
-def interleave(*groups: list) -> list:
-    """Items (texts, samples) of each group in turn, so any prefix holds every kind."""
-    return [group[i] for i in range(max(map(len, groups))) for group in groups if i < len(group)]
-
-
-def teacher_written(teacher, tokenizer, out: Path, prompts: int = 64) -> list[str]:
-    """The teacher's answers (96 tokens, sampled as the library's data generation does) to the first
-    ``prompts`` built-in everyday prompts, each after its prompt, as plain text."""
-    folder = out / "generated"
-    settings = GenerationSettings(max_prompts=prompts, max_new_tokens=96, batch_size=16, shard_size=16)
-    generate_distillation_data(teacher, PROMPTS, folder, settings, tokenizer=tokenizer, progress=False)
-    rows = datasets.load_dataset(str(folder), split="train")
-    return [row["prompt"][0]["content"] + "\n" + row["completion"][0]["content"] for row in rows]
-
-
 # Calibration text: the demo's documentation; with the dolly pairs of ../shared/data (not on a user's
 # machine); with the library's built-in everyday prompts, text by text (the long documentation topics
 # then hold most tokens) or as a mixture of half the samples each; or those prompts alone. ``docs|generated``
-# (built in main) alternates documentation samples with the teacher's own answers to the prompts.
+# (built in main) alternates documentation samples with the teacher's own answers to the prompts;
+# ``docs|prompts|generated`` takes a third each of documentation, prompts and those answers, as the demo.
 CALIBRATIONS = {
     "docs": lambda: "builtin:python-docs",
     "mixed": mixed_texts,
@@ -120,8 +107,8 @@ CALIBRATIONS = {
     "docs|prompts": lambda: {"builtin:python-docs": 0.5, PROMPTS: 0.5},
     "prompts": lambda: PROMPTS,
     "docs|generated": None,
+    "docs|prompts|generated": None,
 }
-PROMPTS = "builtin:seed-prompts"
 
 
 def answers(model, tokenizer, prompts) -> list[str]:
@@ -177,14 +164,15 @@ def main() -> None:
     print(f"teacher: {len(known)}/{len(FACTS)} facts, docs ppl {results['teacher']['ppl_docs']:.2f}", flush=True)
 
     if args.calibration == "docs|generated":
-        half = args.calibration_samples // 2
-        docs = build_calibration_set("builtin:python-docs", tokenizer, num_samples=half, seq_len=256)
-        written = teacher_written(teacher, tokenizer, out)
-        answers = build_calibration_set(written, tokenizer, num_samples=half, seq_len=256)
-        # Sample by sample, so the first few (the block search's) hold both kinds.
-        calibration = CalibrationSet(interleave(docs.samples, answers.samples), docs.pad_token_id)
+        count = args.calibration_samples - args.calibration_samples // 2
+        docs = build_calibration_set("builtin:python-docs", tokenizer, num_samples=count, seq_len=256)
+        calibration = with_teacher_answers(docs, args.calibration_samples, teacher, tokenizer, out)
     else:
-        text = CALIBRATIONS[args.calibration]()
+        if args.calibration == "docs|prompts|generated":
+            teacher_written(teacher, tokenizer, out)  # into out/generated, read back as the demo reads it
+            text = {"builtin:python-docs": 0.34, PROMPTS: 0.33, str(out / "generated"): 0.33}
+        else:
+            text = CALIBRATIONS[args.calibration]()
         calibration = build_calibration_set(text, tokenizer, num_samples=args.calibration_samples, seq_len=256)
     scores = estimate_importance(
         teacher,

@@ -32,7 +32,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_minitron import (
-    CalibrationSet,
     PruningConfig,
     ReconstructionConfig,
     build_calibration_set,
@@ -46,8 +45,8 @@ from hf_minitron.families import family_for, get_module
 from hf_minitron.layers import decoder_layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from knowledge import interleave, teacher_written
-from recovery import HELD_OUT, mixed_texts
+from calibration_text import mixed_texts, with_teacher_answers
+from recovery import HELD_OUT
 
 RANKINGS = ("activation", "energy", "weighted", "obs")
 LIBRARY_SELECTIONS = ("activation", "energy")  # PruningConfig.neuron_selection values
@@ -137,14 +136,8 @@ def main() -> None:
     teacher.eval()
     calibration = build_calibration_set(mixed_texts(), tokenizer, num_samples=args.calibration_samples, seq_len=256)
     if args.calibration == "docs+dolly|generated":
-        # Half the samples from the teacher's own answers to the built-in prompts, sample by sample.
-        half = args.calibration_samples // 2
-        written = teacher_written(teacher, tokenizer, Path(args.out), prompts=args.calibration_samples)
-        answers = build_calibration_set(written, tokenizer, num_samples=half, seq_len=256)
-        calibration = CalibrationSet(
-            interleave(calibration.samples[: args.calibration_samples - half], answers.samples),
-            calibration.pad_token_id,
-        )
+        samples = args.calibration_samples  # half of them the teacher's answers to as many prompts
+        calibration = with_teacher_answers(calibration, samples, teacher, tokenizer, Path(args.out), prompts=samples)
     scores = estimate_importance(teacher, calibration_data=calibration, progress=False)
     grams = neuron_grams(teacher, calibration)
 

@@ -19,8 +19,10 @@ general English) and zero-shot accuracy on the tasks in ../shared/data/eval.
 
 Distillation text: Python's bundled documentation (training split) interleaved with the dolly
 instruction/response pairs in ../shared/data/sft. Calibration text (``--calibration``): the same
-mixture (``docs+dolly``, default), or the demo's half documentation, half the library's everyday
-prompts (``docs+prompts``). ``--damping``, ``--layers`` and ``--span-method`` set the reconstruction's.
+mixture (``docs+dolly``, default); the demo's former half documentation, half the library's everyday
+prompts (``docs+prompts``); or half docs+dolly, half the teacher's own answers to those prompts
+(``docs+dolly|generated``, as the demo now calibrates). ``--damping``, ``--layers`` and
+``--span-method`` set the reconstruction's.
 
     .venv/bin/python bench/recovery.py                                  # CPU: N = 0, 5k, 20k
     .venv/bin/python bench/recovery.py --tokens 0,20000,80000,320000 --device cuda    # the full table
@@ -55,7 +57,6 @@ from hf_minitron import (
     prune_model,
     reconstruct_models,
 )
-from hf_minitron.data import iter_texts
 from hf_minitron.distillation import DistillationConfig, DistillationTrainer
 from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.evaluation.tasks import load_task, score_task
@@ -66,7 +67,9 @@ from hf_minitron.pruning.prune import RECORD_KEY
 from hf_minitron.shapes import model_shape
 from hf_minitron.training_data import token_block_dataset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration_text import SHARED, mixed_texts, with_teacher_answers
+
 # The shapes of each teacher: about half and about three quarters of its non-embedding parameters.
 SHAPES_OF = {
     "builtin:smollm2-135m": {
@@ -92,22 +95,8 @@ SHAPES = SHAPES_OF["builtin:smollm2-135m"]
 VARIANTS = ("reconstructed", "pruned", "magnitude", "random")
 HELD_OUT = {"docs": "builtin:python-docs-heldout", "shakespeare": str(SHARED / "corpus" / "tinyshakespeare.txt")}
 TASKS = ("arc_easy", "piqa", "winogrande")
-CALIBRATIONS = ("docs+dolly", "docs+prompts")
+CALIBRATIONS = ("docs+dolly", "docs+prompts", "docs+dolly|generated")
 CHANCE = {"arc_easy": 0.25, "piqa": 0.5, "winogrande": 0.5}
-
-
-def dolly_texts(limit: int | None = None) -> list[str]:
-    rows = [json.loads(line) for line in (SHARED / "sft" / "dolly_hhrlhf_train_small.jsonl").open()]
-    return [row["prompt"] + row["response"] for row in rows[:limit]]
-
-
-def mixed_texts() -> list[str]:
-    """Documentation topics and dolly pairs, alternating, so any prefix holds both kinds of text."""
-    docs, dolly = list(iter_texts("builtin:python-docs")), dolly_texts()
-    mixed = []
-    for index in range(max(len(docs), len(dolly))):
-        mixed += [group[index] for group in (docs, dolly) if index < len(group)]
-    return mixed
 
 
 def token_blocks(tokenizer, texts: list[str], length: int, count: int) -> list[list[int]]:
@@ -328,10 +317,13 @@ def main() -> None:
     teacher.to(args.device).eval()
     layers = teacher.config.num_hidden_layers
     texts = mixed_texts()
-    source = texts if args.calibration == "docs+dolly" else {"builtin:python-docs": 0.5, "builtin:seed-prompts": 0.5}
-    calibration = build_calibration_set(
-        source, tokenizer, num_samples=args.calibration_samples, seq_len=args.calibration_len
-    )
+    source = {"builtin:python-docs": 0.5, "builtin:seed-prompts": 0.5} if args.calibration == "docs+prompts" else texts
+    samples = args.calibration_samples
+    calibration = build_calibration_set(source, tokenizer, num_samples=samples, seq_len=args.calibration_len)
+    if args.calibration == "docs+dolly|generated":  # half the samples: the teacher's answers (2 prompts each)
+        calibration = with_teacher_answers(
+            calibration, samples, teacher, tokenizer, out, prompts=2 * samples, seq_len=args.calibration_len
+        )
     configs = [shapes[name] for name in args.shapes.split(",")]
     scores = estimate_importance(
         teacher,

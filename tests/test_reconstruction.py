@@ -15,7 +15,9 @@ from hf_minitron.reconstruction import (
     fold_linear_map,
     reconstruct_model,
     reconstruct_models,
+    ridge_solve,
 )
+from hf_minitron.reconstruction.least_squares import gram_products, has_wide_output_mm
 
 from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
 
@@ -54,6 +56,35 @@ def test_error_from_statistics_equals_the_direct_error_and_damping_pulls_towards
     assert problem.relative_error(fitted) < direct
     held, _ = problem.solve(prior, damping=1e8)  # overwhelming damping keeps the prior
     torch.testing.assert_close(held, prior, rtol=1e-5, atol=1e-5)
+
+
+def test_ridge_solve_equals_the_damped_normal_equations_and_leaves_the_statistics_as_they_were():
+    problem, _, _ = random_problem(bias=False)
+    gram, cross = problem.gram.clone(), problem.cross.clone()
+    prior = torch.randn(12, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    lam = 0.3 * float(gram.diagonal().mean())
+    expected = torch.linalg.solve(gram + lam * torch.eye(12, dtype=gram.dtype), cross + lam * prior)
+    torch.testing.assert_close(ridge_solve(problem.gram, problem.cross, prior, 0.3), expected, rtol=1e-9, atol=1e-12)
+    assert torch.equal(problem.gram, gram) and torch.equal(problem.cross, cross)
+    # Inputs that are always zero make G singular: with no damping asked for, some is added until it factors.
+    gram[:, 3] = gram[3, :] = 0
+    solution = ridge_solve(gram, cross, prior, damping=0)
+    assert torch.isfinite(solution).all()
+
+
+def test_16_bit_activations_give_the_statistics_of_their_exact_fp32_values():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 10, generator=generator).bfloat16()
+    y = torch.randn(64, 4, generator=generator).bfloat16()
+    gram, cross = gram_products(x, y)
+    assert gram.dtype == cross.dtype == torch.float32
+    torch.testing.assert_close(gram, x.float().t() @ x.float(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(cross, x.float().t() @ y.float(), rtol=1e-6, atol=1e-5)
+    # On a GPU the same sums run on the tensor cores through torch.mm(..., out_dtype=torch.float32),
+    # which this torch has (here on the meta device: shapes and dtypes only).
+    assert has_wide_output_mm()
+    wide = torch.mm(x.to("meta").t(), y.to("meta"), out_dtype=torch.float32)
+    assert wide.shape == (10, 4) and wide.dtype == torch.float32
 
 
 def kl_to_teacher(student, teacher, calibration, hidden=None) -> float:

@@ -15,6 +15,8 @@ one more input that is always 1.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..errors import MinitronError
@@ -39,16 +41,15 @@ class LeastSquares:
 
     def add(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """``inputs`` [n, in] and ``targets`` [n, out] for n tokens (padding already removed)."""
-        # Each batch's products in fp32 at least (bf16/fp16 activations are widened first; fp32 keeps
-        # tensor-core speed on a GPU), summed in the wider accumulator.
-        dtype = torch.promote_types(inputs.dtype, torch.float32)
-        x = inputs.reshape(-1, inputs.shape[-1]).to(dtype)
+        x = inputs.reshape(-1, inputs.shape[-1])
         if self.bias:
             x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-        y = targets.reshape(-1, targets.shape[-1]).to(dtype)
-        self.gram += (x.t() @ x).to(self.gram.dtype)
-        self.cross += (x.t() @ y).to(self.cross.dtype)
-        self.target_energy += y.pow(2).sum().to(self.target_energy.dtype)
+        y = targets.reshape(-1, targets.shape[-1])
+        gram, cross = gram_products(x, y)
+        self.gram += gram.to(self.gram.dtype)
+        self.cross += cross.to(self.cross.dtype)
+        wide = torch.promote_types(y.dtype, torch.float32)
+        self.target_energy += y.to(wide).pow(2).sum().to(self.target_energy.dtype)
         self.tokens += x.shape[0]
 
     def _stacked(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -93,11 +94,12 @@ def ridge_solve(
     diagonal = gram.diagonal()[: scale_inputs or gram.shape[0]]
     scale = float(diagonal.mean()) if diagonal.numel() else 1.0
     scale = scale if scale > 0 else 1.0
-    identity = torch.eye(gram.shape[0], dtype=wide, device=gram.device)
     strength = damping
+    damped = gram.clone()  # the damping goes on the diagonal in place: no n × n identity (1.6 GB at 8B scale)
     for _ in range(8):
         lam = strength * scale
-        factor, info = torch.linalg.cholesky_ex(gram + lam * identity)
+        damped.diagonal().copy_(gram.diagonal() + lam)
+        factor, info = torch.linalg.cholesky_ex(damped)
         if int(info) == 0:
             return torch.cholesky_solve(cross + lam * prior, factor)
         strength = max(strength * 10, 1e-6)
@@ -105,3 +107,32 @@ def ridge_solve(
         "The calibration activations of a layer are degenerate (their Gram matrix stays singular)",
         fix="use more (and more varied) calibration text, or raise the reconstruction damping",
     )
+
+
+def gram_products(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``xᵀx`` and ``xᵀy`` in fp32 at least, the heavy part of a re-fit (as many multiply-adds as the
+    layer's own forward pass, and more for a wide MLP).
+
+    On a GPU, bf16/fp16 activations go through the tensor cores with fp32 accumulation and an fp32
+    result: the same sums as widening them first (16-bit values are exact in fp32), where an fp32
+    matrix product without TF32 runs on the ordinary cores about fifteen times slower. Elsewhere the
+    inputs are widened and multiplied in fp32 (or fp64, if that is what they are).
+    """
+    sixteen_bit = x.dtype in (torch.bfloat16, torch.float16) and y.dtype == x.dtype
+    if x.device.type == "cuda" and sixteen_bit and has_wide_output_mm():
+        xt = x.t()
+        return torch.mm(xt, x, out_dtype=torch.float32), torch.mm(xt, y, out_dtype=torch.float32)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xt = x.t().to(dtype)
+    return xt @ x.to(dtype), xt @ y.to(dtype)
+
+
+@functools.cache
+def has_wide_output_mm() -> bool:
+    """Whether this torch has ``torch.mm(..., out_dtype=torch.float32)`` for 16-bit inputs (2.8 and later);
+    asked once, of shapes on the meta device, which cost nothing."""
+    probe = torch.empty(2, 2, dtype=torch.bfloat16, device="meta")
+    try:
+        return torch.mm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False

@@ -2,6 +2,7 @@
 folding a linear map exactly, and reconstructed students that reload with identical logits."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from hf_minitron.model_folder import read_record
 from hf_minitron.reconstruction import (
     LeastSquares,
     ReconstructionConfig,
+    fits,
     fold_linear_map,
     reconstruct_model,
     reconstruct_models,
@@ -171,6 +173,33 @@ def test_bfloat16_students_are_fitted_in_wide_precision_and_keep_their_dtype():
     report = reconstruct_model(student, teacher, calibration, progress=False)
     assert all(p.dtype == torch.bfloat16 for p in student.parameters())
     assert report["layers"][0]["mlp"]["error_after"] < report["layers"][0]["mlp"]["error_before"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("span_method", ["refit", "linear_map"])
+def test_the_stream_moves_past_a_fitted_mlp_without_running_the_layer_again(family, span_method, monkeypatch):
+    """After an MLP fit the walk adds the new projection's output to the stream (through Gemma's output
+    norm) instead of running the layer again: the same students as running it, fewer layer passes."""
+    teacher = tiny_model(family, num_hidden_layers=6)
+    calibration = tiny_calibration(num_samples=16, length=24)
+    scores = estimate_importance(teacher, calibration_data=calibration, batch_size=4, progress=False)
+    pruned = prune_model(copy.deepcopy(teacher), replace(WIDTH, layers_to_drop=[2, 3]), scores)
+    config = ReconstructionConfig(span_method=span_method, damping=0.01, batch_size=4)
+
+    passes = []
+    run_layer = fits.run_layer
+    monkeypatch.setattr(fits, "run_layer", lambda *a, **k: passes.append(1) or run_layer(*a, **k))
+    quick = copy.deepcopy(pruned)
+    reconstruct_model(quick, teacher, calibration, config=config, progress=False)
+    quick_passes, passes[:] = len(passes), []
+    monkeypatch.setattr(fits, "_advance_from_parts", lambda walk, index, batches, parts: None)
+    full = copy.deepcopy(pruned)
+    reconstruct_model(full, teacher, calibration, config=config, progress=False)
+    # 4 layers × 4 batches: attention fit, MLP fit and (the slow way) a pass to move on; the quick way
+    # runs one batch per layer to check its shortcut.
+    assert (quick_passes, len(passes)) == (4 * (4 + 4 + 1), 4 * (4 + 4 + 4))
+    for name, param in full.named_parameters():
+        torch.testing.assert_close(quick.get_parameter(name), param, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_students_that_do_not_belong_to_the_teacher_are_refused():

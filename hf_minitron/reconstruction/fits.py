@@ -31,6 +31,7 @@ class StudentWalk:
     stream: list[torch.Tensor] = field(default_factory=list)  # per batch: input of the next student layer
     pending: int | None = None  # student layer whose MLP fit waits for the end of a dropped span
     fits: list[dict] = field(default_factory=list)
+    advanced: bool = False  # the stream already went through the layer just fitted
 
     def select(self, teacher_hidden: torch.Tensor) -> torch.Tensor:
         """The teacher's residual stream restricted to the student's channels."""
@@ -106,8 +107,10 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
     layer, family = walk.layer(index), family_for(walk.model)
     down = get_module(layer, family.neuron_activation_input)
     problem = _problem(down, down.out_features if as_map else None)
+    parts = []  # per batch: the stream after attention and the MLP output projection's input
     for stream, target_stream, batch in zip(walk.stream, teacher_next, batches, strict=True):
         seen = run_layer(walk.model, layer, stream, batch.layer_kwargs[walk.kept[index]])
+        parts.append((seen.mid, seen.mlp_output_input))
         device = seen.mid.device
         target = walk.select(target_stream).to(device) - seen.mid
         produced = seen.output - seen.mid  # what the MLP adds to the stream
@@ -119,7 +122,9 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
         mask = batch.mask.to(device)
         problem.add(inputs[mask], target[mask])
     if not as_map:
-        return _write(problem, down, damping)
+        result = _write(problem, down, damping)
+        _advance_from_parts(walk, index, batches, parts)
+        return result
     size, options = down.out_features, {"dtype": down.weight.dtype, "device": down.weight.device}
     identity = torch.eye(size, **options)
     zero = torch.zeros(size, **options) if down.bias is not None else None
@@ -128,7 +133,32 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
     after = problem.relative_error(matrix, offset)
     with torch.no_grad():
         fold_linear_map(down, matrix, offset)
+    _advance_from_parts(walk, index, batches, parts)
     return {"error_before": before, "error_after": after, "linear_map": True}
+
+
+@torch.no_grad()
+def _advance_from_parts(walk: StudentWalk, index: int, batches, parts: list) -> None:
+    """Move the stream through student layer ``index`` after its MLP fit without running the layer again:
+    only the output projection changed, so the output is the stream after attention plus the new
+    projection of the activations the fit already saw (through the family's output norm, if any). That
+    skips the layer's attention and its other MLP projections for every batch. The first batch is also
+    run through the layer itself; if a family computes its output some other way, the whole stream is."""
+    layer, family = walk.layer(index), family_for(walk.model)
+    down = get_module(layer, family.neuron_activation_input)
+    norm = get_module(layer, family.mlp_output_norm) if family.mlp_output_norm else None
+
+    def output(mid: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+        produced = down(activations)
+        return mid + (norm(produced) if norm is not None else produced)
+
+    kwargs = batches[0].layer_kwargs[walk.kept[index]]
+    direct = run_layer(walk.model, layer, walk.stream[0], kwargs).output
+    if not torch.allclose(output(*parts[0]), direct, rtol=1e-4, atol=1e-5):
+        walk.advance(index, batches)
+        return
+    walk.stream = [direct, *(output(mid, activations) for mid, activations in parts[1:])]
+    walk.advanced = True
 
 
 def fold_linear_map(linear: torch.nn.Linear, matrix: torch.Tensor, offset: torch.Tensor | None = None) -> None:

@@ -165,7 +165,9 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
                 fit["mlp"] = fit_mlp_output(walk, index, batches, teacher_stream, config.damping, as_map)
                 if span:
                     fit["span"] = [walk.kept[index] + 1, t]
-            walk.advance(index, batches)
+            if not walk.advanced:  # the MLP fit moves the stream on itself where it can
+                walk.advance(index, batches)
+            walk.advanced = False
     for walk in walks:
         if config.final_norm and walk.hidden is not None:
             walk.fits.append(fit_final_norm(walk, teacher, teacher_stream, batches, config.damping))

@@ -5,8 +5,9 @@ Over the same calibration tokens, in one process, interleaved:
 - ``importance``: ``estimate_importance`` on the teacher (one forward pass with hooks);
 - ``reconstruction``: ``reconstruct_models`` re-fitting every layer of a width student (attention
   output and MLP output projections, sequentially), the library's default;
-- ``reconstruction, layer re-run``: the same, but after each MLP fit the layer runs again to move the
-  student's stream on (what the walk did before it added the fitted projection's output instead).
+- ``reconstruction, whole layers``: the same, running each student layer whole for its MLP fit and again
+  to move its stream on (what the walk did before it computed a layer in parts from the activations its
+  fits had already seen).
 
 Models: ``builtin:smollm2-135m`` (width student hidden 432, MLP 768, the recovery benchmark's half-size
 shape) or ``llama-8b-layers``: randomly initialised decoder layers of Llama-3.1-8B's shape (hidden
@@ -90,7 +91,6 @@ def main() -> None:
     scores = estimate_importance(teacher, calibration_data=calibration, batch_size=args.batch_size, progress=False)
     student = prune_model(copy.deepcopy(teacher), STUDENTS[args.model], scores)
     settings = ReconstructionConfig(batch_size=args.batch_size)
-    shortcut = fits._advance_from_parts
 
     def importance():
         estimate_importance(teacher, calibration_data=calibration, batch_size=args.batch_size, progress=False)
@@ -98,18 +98,19 @@ def main() -> None:
     def reconstruction():
         reconstruct_models(teacher, [copy.deepcopy(student)], calibration, config=settings, progress=False)
 
-    def reconstruction_layer_rerun():
-        fits._advance_from_parts = lambda walk, index, batches, parts: None  # the walk then runs the layer
+    def reconstruction_whole_layers():
+        check = fits.parts_match
+        fits.parts_match = lambda *args: False  # the walk then runs each layer whole, as it did before
         try:
             reconstruction()
         finally:
-            fits._advance_from_parts = shortcut
+            fits.parts_match = check
 
     seconds = interleaved(
         {
             "importance": importance,
             "reconstruction": reconstruction,
-            "reconstruction, layer re-run": reconstruction_layer_rerun,
+            "reconstruction, whole layers": reconstruction_whole_layers,
         },
         args.repeats,
     )

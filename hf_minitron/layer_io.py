@@ -128,3 +128,66 @@ def run_layer(model, layer, hidden: torch.Tensor, kwargs: dict, stop_after_atten
         for handle in handles:
             handle.remove()
     return seen
+
+
+# A dense decoder layer in parts. With a layer's attention output projection or MLP output projection
+# re-fitted, these give its new residual streams from activations already seen, without running the
+# attention (or the rest of the MLP) again:
+#   mid    = hidden + attention_output_norm(o_proj(attention_output_input))
+#   output = mid    + mlp_output_norm(down_proj(mlp_output_input))
+# where mlp_output_input comes from the MLP's input norm and its projections before down_proj. Whether
+# a family's layers compute exactly this is checked once against the layer itself (``parts_match``).
+
+
+def _projected(layer, projection: str, norm: str | None, inputs: torch.Tensor) -> torch.Tensor:
+    produced = get_module(layer, projection)(inputs)
+    return get_module(layer, norm)(produced) if norm is not None else produced
+
+
+@torch.no_grad()
+def residual_after_attention(model, layer, hidden: torch.Tensor, attention_output_input: torch.Tensor):
+    family = family_for(model)
+    added = _projected(layer, family.head_activation_input, family.attention_output_norm, attention_output_input)
+    return hidden.to(added.device) + added
+
+
+@torch.no_grad()
+def mlp_output_input(model, layer, mid: torch.Tensor) -> torch.Tensor:
+    """The input of the MLP output projection for the stream ``mid``: the MLP's input norm and its
+    projections up to (not through) the output projection."""
+    family = family_for(model)
+    seen = {}
+
+    def capture(module, args):
+        seen["input"] = args[0]
+        raise _StopLayer
+
+    mlp = get_module(layer, family.neuron_activation_input.rsplit(".", 1)[0])
+    handle = get_module(layer, family.neuron_activation_input).register_forward_pre_hook(capture)
+    try:
+        mlp(get_module(layer, family.residual_after_attention_reader)(mid))
+    except _StopLayer:
+        pass
+    finally:
+        handle.remove()
+    return seen["input"]
+
+
+@torch.no_grad()
+def layer_output(model, layer, mid: torch.Tensor, mlp_input: torch.Tensor) -> torch.Tensor:
+    family = family_for(model)
+    return mid + _projected(layer, family.neuron_activation_input, family.mlp_output_norm, mlp_input)
+
+
+@torch.no_grad()
+def parts_match(model, layer, hidden: torch.Tensor, seen: LayerActivations) -> bool:
+    """Whether the parts above reproduce what ``layer`` computed (``seen``, run on ``hidden``), to the
+    rounding of its dtype: the same operations in the same order give the same numbers."""
+    mid = residual_after_attention(model, layer, hidden, seen.attention_output_input)
+    pairs = (
+        (mid, seen.mid),
+        (mlp_output_input(model, layer, seen.mid), seen.mlp_output_input),
+        (layer_output(model, layer, seen.mid, seen.mlp_output_input), seen.output),
+    )
+    tolerance = max(2 * torch.finfo(seen.output.dtype).eps, 1e-5)
+    return all(torch.allclose(a, b, rtol=tolerance, atol=tolerance) for a, b in pairs)

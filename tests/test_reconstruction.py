@@ -102,20 +102,24 @@ def kl_to_teacher(student, teacher, calibration, hidden=None) -> float:
 
 
 @pytest.mark.parametrize("family", list(FAMILY_CONFIGS))
-def test_width_reconstruction_lowers_every_fitted_error_and_the_divergence(family):
+def test_width_reconstruction_lowers_every_fitted_error_and_the_divergence(family, monkeypatch):
+    checks = []  # every family's layers are computed in parts (after one check against the whole layer)
+    parts_match = fits.parts_match
+    monkeypatch.setattr(fits, "parts_match", lambda *args: checks.append(parts_match(*args)) or checks[-1])
     teacher = tiny_model(family)
     calibration = tiny_calibration(num_samples=16, length=24)
     scores = estimate_importance(teacher, calibration_data=calibration, batch_size=4, progress=False)
     pruned = prune_model(copy.deepcopy(teacher), WIDTH, scores)
     student = copy.deepcopy(pruned)
     report = reconstruct_model(student, teacher, calibration, config=ReconstructionConfig(damping=0.01), progress=False)
-    fits = [fit[part] for fit in report["layers"] for part in ("attention", "mlp") if part in fit]
-    assert len(fits) == 2 * 4
-    for fit in [*fits, report["layers"][-1]]:  # the last entry is the final norm's scale
+    fitted = [fit[part] for fit in report["layers"] for part in ("attention", "mlp") if part in fit]
+    assert len(fitted) == 2 * 4
+    for fit in [*fitted, report["layers"][-1]]:  # the last entry is the final norm's scale
         assert fit["error_after"] <= fit["error_before"] + 1e-9
     assert kl_to_teacher(student, teacher, calibration) < kl_to_teacher(pruned, teacher, calibration)
     summary = student.config.minitron_pruning["reconstruction"]
     assert summary["tokens"] == calibration.num_tokens and summary["mlp_fits"] == 4
+    assert checks == [True]
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -177,9 +181,10 @@ def test_bfloat16_students_are_fitted_in_wide_precision_and_keep_their_dtype():
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.parametrize("span_method", ["refit", "linear_map"])
-def test_the_stream_moves_past_a_fitted_mlp_without_running_the_layer_again(family, span_method, monkeypatch):
-    """After an MLP fit the walk adds the new projection's output to the stream (through Gemma's output
-    norm) instead of running the layer again: the same students as running it, fewer layer passes."""
+def test_layers_computed_in_parts_give_the_students_of_running_them_whole(family, span_method, monkeypatch):
+    """After an attention fit the walk computes the layer's MLP inputs from the o_proj inputs it saw, and
+    after the MLP fit the layer's output from the new projection (through Gemma's output norms), instead
+    of running the layer again: the same students as running it, a third of the layer passes."""
     teacher = tiny_model(family, num_hidden_layers=6)
     calibration = tiny_calibration(num_samples=16, length=24)
     scores = estimate_importance(teacher, calibration_data=calibration, batch_size=4, progress=False)
@@ -192,13 +197,13 @@ def test_the_stream_moves_past_a_fitted_mlp_without_running_the_layer_again(fami
     quick = copy.deepcopy(pruned)
     reconstruct_model(quick, teacher, calibration, config=config, progress=False)
     quick_passes, passes[:] = len(passes), []
-    monkeypatch.setattr(fits, "_advance_from_parts", lambda walk, index, batches, parts: None)
-    full = copy.deepcopy(pruned)
-    reconstruct_model(full, teacher, calibration, config=config, progress=False)
-    # 4 layers × 4 batches: attention fit, MLP fit and (the slow way) a pass to move on; the quick way
-    # runs one batch per layer to check its shortcut.
-    assert (quick_passes, len(passes)) == (4 * (4 + 4 + 1), 4 * (4 + 4 + 4))
-    for name, param in full.named_parameters():
+    monkeypatch.setattr(fits, "parts_match", lambda *args: False)  # as if a family's layers differed
+    whole = copy.deepcopy(pruned)
+    reconstruct_model(whole, teacher, calibration, config=config, progress=False)
+    # 4 layers × 4 batches: the attention fit's pass (to o_proj), then, whole, the MLP fit's and one to
+    # move on; in parts, one batch through the whole layer once, to check the parts against it.
+    assert (quick_passes, len(passes)) == (4 * 4 + 1, 4 * (4 + 4 + 4))
+    for name, param in whole.named_parameters():
         torch.testing.assert_close(quick.get_parameter(name), param, rtol=1e-5, atol=1e-6, msg=name)
 
 

@@ -6,6 +6,11 @@ the teacher channel each of its channels came from. Each fit streams the batches
 student layer, accumulates least-squares statistics against a target taken from the teacher's
 stream, and writes the solution into the layer's weights; it returns the relative error of the
 layer's output against that target before and after.
+
+A layer runs whole only for its attention fit (up to its output projection) and once more, on one batch,
+to check that computing it in parts (``layer_io``) gives the same numbers; after that, its MLP inputs
+come from the o_proj inputs the attention fit saw, and its output from the MLP fit's activations and the
+new projection, so each student layer costs about one pass instead of three.
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..families import family_for, get_module, norm_gain, scale_norm_gain_
-from ..layer_io import CalibrationBatch, run_layer
+from ..layer_io import (
+    CalibrationBatch,
+    layer_output,
+    mlp_output_input,
+    parts_match,
+    residual_after_attention,
+    run_layer,
+)
 from ..layers import decoder_layers
 from .least_squares import LeastSquares
 
@@ -31,6 +43,8 @@ class StudentWalk:
     stream: list[torch.Tensor] = field(default_factory=list)  # per batch: input of the next student layer
     pending: int | None = None  # student layer whose MLP fit waits for the end of a dropped span
     fits: list[dict] = field(default_factory=list)
+    attention_inputs: dict = field(default_factory=dict)  # layer → per batch: its o_proj input, until its MLP fit
+    parts_ok: bool | None = None  # the layer computed in parts equals the layer (checked once)
     advanced: bool = False  # the stream already went through the layer just fitted
 
     def select(self, teacher_hidden: torch.Tensor) -> torch.Tensor:
@@ -41,6 +55,20 @@ class StudentWalk:
 
     def layer(self, index: int) -> torch.nn.Module:
         return decoder_layers(self.model)[index]
+
+    def mlp_inputs(self, index: int, number: int, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stream after attention and the MLP output projection's input of layer ``index`` for batch
+        ``number``: from the o_proj inputs its attention fit saw, without running the attention again,
+        once the first batch run through the whole layer has shown that this gives the same numbers."""
+        layer, stream = self.layer(index), self.stream[number]
+        attention_inputs = self.attention_inputs.get(index)
+        if attention_inputs is None or not self.parts_ok:
+            seen = run_layer(self.model, layer, stream, kwargs)
+            if self.parts_ok is None:
+                self.parts_ok = parts_match(self.model, layer, stream, seen)
+            return seen.mid, seen.mlp_output_input
+        mid = residual_after_attention(self.model, layer, stream, attention_inputs[number])
+        return mid, mlp_output_input(self.model, layer, mid)
 
     def advance(self, index: int, batches: list[CalibrationBatch]) -> None:
         """Move the stream through student layer ``index`` (as it is now)."""
@@ -87,9 +115,11 @@ def fit_attention_output(walk: StudentWalk, index: int, batches, teacher_mids, d
     layer, family = walk.layer(index), family_for(walk.model)
     projection = get_module(layer, family.head_activation_input)
     problem = _problem(projection)
+    walk.attention_inputs[index] = kept = []
     for stream, mid, batch in zip(walk.stream, teacher_mids, batches, strict=True):
         kwargs = batch.layer_kwargs[walk.kept[index]]
         seen = run_layer(walk.model, layer, stream, kwargs, stop_after_attention=True)
+        kept.append(seen.attention_output_input)
         device = seen.mid.device
         target = walk.select(mid).to(device) - stream.to(device)
         if family.attention_output_norm is not None:
@@ -108,22 +138,20 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
     down = get_module(layer, family.neuron_activation_input)
     problem = _problem(down, down.out_features if as_map else None)
     parts = []  # per batch: the stream after attention and the MLP output projection's input
-    for stream, target_stream, batch in zip(walk.stream, teacher_next, batches, strict=True):
-        seen = run_layer(walk.model, layer, stream, batch.layer_kwargs[walk.kept[index]])
-        parts.append((seen.mid, seen.mlp_output_input))
-        device = seen.mid.device
-        target = walk.select(target_stream).to(device) - seen.mid
-        produced = seen.output - seen.mid  # what the MLP adds to the stream
+    for number, (target_stream, batch) in enumerate(zip(teacher_next, batches, strict=True)):
+        mid, activations = walk.mlp_inputs(index, number, batch.layer_kwargs[walk.kept[index]])
+        parts.append((mid, activations))
+        device = mid.device
+        target = walk.select(target_stream).to(device) - mid
         if family.mlp_output_norm is not None:
             # The map and the projection act before the output norm: fit them on its input.
-            produced = down(seen.mlp_output_input)
             target = _before_output_norm(family, layer, family.mlp_output_norm, target)
-        inputs = produced if as_map else seen.mlp_output_input
+        inputs = down(activations) if as_map else activations  # the map reads what the MLP adds
         mask = batch.mask.to(device)
         problem.add(inputs[mask], target[mask])
     if not as_map:
         result = _write(problem, down, damping)
-        _advance_from_parts(walk, index, batches, parts)
+        _advance_from_parts(walk, index, parts)
         return result
     size, options = down.out_features, {"dtype": down.weight.dtype, "device": down.weight.device}
     identity = torch.eye(size, **options)
@@ -133,32 +161,19 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
     after = problem.relative_error(matrix, offset)
     with torch.no_grad():
         fold_linear_map(down, matrix, offset)
-    _advance_from_parts(walk, index, batches, parts)
+    _advance_from_parts(walk, index, parts)
     return {"error_before": before, "error_after": after, "linear_map": True}
 
 
 @torch.no_grad()
-def _advance_from_parts(walk: StudentWalk, index: int, batches, parts: list) -> None:
+def _advance_from_parts(walk: StudentWalk, index: int, parts: list) -> None:
     """Move the stream through student layer ``index`` after its MLP fit without running the layer again:
     only the output projection changed, so the output is the stream after attention plus the new
-    projection of the activations the fit already saw (through the family's output norm, if any). That
-    skips the layer's attention and its other MLP projections for every batch. The first batch is also
-    run through the layer itself; if a family computes its output some other way, the whole stream is."""
-    layer, family = walk.layer(index), family_for(walk.model)
-    down = get_module(layer, family.neuron_activation_input)
-    norm = get_module(layer, family.mlp_output_norm) if family.mlp_output_norm else None
-
-    def output(mid: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-        produced = down(activations)
-        return mid + (norm(produced) if norm is not None else produced)
-
-    kwargs = batches[0].layer_kwargs[walk.kept[index]]
-    direct = run_layer(walk.model, layer, walk.stream[0], kwargs).output
-    if not torch.allclose(output(*parts[0]), direct, rtol=1e-4, atol=1e-5):
-        walk.advance(index, batches)
-        return
-    walk.stream = [direct, *(output(mid, activations) for mid, activations in parts[1:])]
-    walk.advanced = True
+    projection of the activations the fit already saw (through the family's output norm, if any)."""
+    if walk.parts_ok:
+        layer = walk.layer(index)
+        walk.stream = [layer_output(walk.model, layer, mid, activations) for mid, activations in parts]
+        walk.advanced = True
 
 
 def fold_linear_map(linear: torch.nn.Linear, matrix: torch.Tensor, offset: torch.Tensor | None = None) -> None:

@@ -168,6 +168,7 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
             if not walk.advanced:  # the MLP fit moves the stream on itself where it can
                 walk.advance(index, batches)
             walk.advanced = False
+            walk.attention_inputs.pop(index, None)
     for walk in walks:
         if config.final_norm and walk.hidden is not None:
             walk.fits.append(fit_final_norm(walk, teacher, teacher_stream, batches, config.damping))

@@ -57,6 +57,9 @@ def test_error_from_statistics_equals_the_direct_error_and_damping_pulls_towards
     fitted, _ = problem.solve(prior, damping=0)
     assert problem.relative_error(fitted) < direct
     held, _ = problem.solve(prior, damping=1e8)  # overwhelming damping keeps the prior
+    for damping in (0.0, 0.3):  # the error fit() reports without a product with G is the solution's error
+        solution, _, error = problem.fit(prior, damping=damping)
+        assert error == pytest.approx(problem.relative_error(solution), rel=1e-9)
     torch.testing.assert_close(held, prior, rtol=1e-5, atol=1e-5)
 
 

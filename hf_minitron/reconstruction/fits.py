@@ -79,12 +79,12 @@ class StudentWalk:
 
 def _write(problem: LeastSquares, linear: torch.nn.Linear, damping: float) -> dict:
     before = problem.relative_error(linear.weight, linear.bias)
-    weight, bias = problem.solve(linear.weight, linear.bias, damping)
+    weight, bias, after = problem.fit(linear.weight, linear.bias, damping)
     with torch.no_grad():
         linear.weight.copy_(weight)
         if bias is not None:
             linear.bias.copy_(bias)
-    return {"error_before": before, "error_after": problem.relative_error(linear.weight, linear.bias)}
+    return {"error_before": before, "error_after": after}
 
 
 def _problem(linear: torch.nn.Linear, inputs: int | None = None) -> LeastSquares:
@@ -157,8 +157,7 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
     identity = torch.eye(size, **options)
     zero = torch.zeros(size, **options) if down.bias is not None else None
     before = problem.relative_error(identity, zero)
-    matrix, offset = problem.solve(identity, zero, damping)  # pulled towards "the map does nothing"
-    after = problem.relative_error(matrix, offset)
+    matrix, offset, after = problem.fit(identity, zero, damping)  # pulled towards "the map does nothing"
     with torch.no_grad():
         fold_linear_map(down, matrix, offset)
     _advance_from_parts(walk, index, parts)

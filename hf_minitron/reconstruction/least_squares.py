@@ -69,15 +69,28 @@ class LeastSquares:
         self, weight: torch.Tensor, bias: torch.Tensor | None = None, damping: float = 0.1
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The ridge solution pulled towards ``weight`` [out, in] (and ``bias``), in the weight's dtype."""
+        new_weight, new_bias, _ = self.fit(weight, bias, damping)
+        return new_weight, new_bias
+
+    def fit(
+        self, weight: torch.Tensor, bias: torch.Tensor | None = None, damping: float = 0.1
+    ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """``solve``, and the relative error of its solution. That error comes from the solution's own
+        equations, (G + λI)·X = C + λ·P, which give XᵀGX = Xᵀ(C + λ(P − X)): no product of G with the
+        solution, which for a wide MLP would cost as much as the factorisation."""
         if self.tokens == 0:
             raise MinitronError("No calibration tokens reached this layer", fix="give more calibration data")
-        prior = self._stacked(weight, bias)
-        solution = ridge_solve(self.gram, self.cross, prior.t(), damping, scale_inputs=self.in_features)
+        prior = self._stacked(weight, bias).t()
+        solution, lam = _ridge(self.gram, self.cross, prior, damping, self.in_features)
+        quadratic = (solution * (self.cross + lam * (prior - solution))).sum()
+        error = quadratic - 2 * (solution * self.cross).sum() + self.target_energy
+        relative = float(error.clamp_min(0) / self.target_energy.clamp_min(1e-30))
         solution = solution.t()
         new_weight = solution[:, : self.in_features].to(weight.dtype)
         if not self.bias:
-            return new_weight, None
-        return new_weight, solution[:, self.in_features].to(bias.dtype if bias is not None else weight.dtype)
+            return new_weight, None, relative
+        new_bias = solution[:, self.in_features].to(bias.dtype if bias is not None else weight.dtype)
+        return new_weight, new_bias, relative
 
 
 def ridge_solve(
@@ -89,6 +102,11 @@ def ridge_solve(
     A Gram matrix that is singular even after damping (inputs that are always zero and ``damping``
     0) gets its damping raised tenfold until the Cholesky factorisation succeeds.
     """
+    return _ridge(gram, cross, prior, damping, scale_inputs)[0]
+
+
+def _ridge(gram, cross, prior, damping: float, scale_inputs: int | None) -> tuple[torch.Tensor, float]:
+    """``ridge_solve``'s solution and the λ it used."""
     wide = _accumulator_dtype(gram.device)
     gram, cross, prior = gram.to(wide), cross.to(wide), prior.to(wide)
     diagonal = gram.diagonal()[: scale_inputs or gram.shape[0]]
@@ -101,7 +119,7 @@ def ridge_solve(
         damped.diagonal().copy_(gram.diagonal() + lam)
         factor, info = torch.linalg.cholesky_ex(damped)
         if int(info) == 0:
-            return torch.cholesky_solve(cross + lam * prior, factor)
+            return torch.cholesky_solve(cross + lam * prior, factor), lam
         strength = max(strength * 10, 1e-6)
     raise MinitronError(
         "The calibration activations of a layer are degenerate (their Gram matrix stays singular)",

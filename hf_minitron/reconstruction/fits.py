@@ -44,8 +44,8 @@ class StudentWalk:
     pending: int | None = None  # student layer whose MLP fit waits for the end of a dropped span
     fits: list[dict] = field(default_factory=list)
     attention_inputs: dict = field(default_factory=dict)  # layer → per batch: its o_proj input, until its MLP fit
+    mlp_parts: list | None = None  # per batch, from the last MLP fit: (stream after attention, down_proj input)
     parts_ok: bool | None = None  # the layer computed in parts equals the layer (checked once)
-    advanced: bool = False  # the stream already went through the layer just fitted
 
     def select(self, teacher_hidden: torch.Tensor) -> torch.Tensor:
         """The teacher's residual stream restricted to the student's channels."""
@@ -70,10 +70,18 @@ class StudentWalk:
         mid = residual_after_attention(self.model, layer, stream, attention_inputs[number])
         return mid, mlp_output_input(self.model, layer, mid)
 
+    @torch.no_grad()
     def advance(self, index: int, batches: list[CalibrationBatch]) -> None:
-        """Move the stream through student layer ``index`` (as it is now)."""
-        kwargs = [batch.layer_kwargs[self.kept[index]] for batch in batches]
+        """Move the stream through student layer ``index`` (as it is now). After an MLP fit, without running
+        the layer again: only the output projection changed, so the output is the stream after attention
+        plus the new projection of the activations the fit already saw (through the family's output norm)."""
+        parts, self.mlp_parts = self.mlp_parts, None
+        self.attention_inputs.pop(index, None)
         layer = self.layer(index)
+        if parts is not None and self.parts_ok:
+            self.stream = [layer_output(self.model, layer, mid, activations) for mid, activations in parts]
+            return
+        kwargs = [batch.layer_kwargs[self.kept[index]] for batch in batches]
         self.stream = [run_layer(self.model, layer, h, k).output for h, k in zip(self.stream, kwargs, strict=True)]
 
 
@@ -149,10 +157,9 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
         inputs = down(activations) if as_map else activations  # the map reads what the MLP adds
         mask = batch.mask.to(device)
         problem.add(inputs[mask], target[mask])
+    walk.mlp_parts = parts
     if not as_map:
-        result = _write(problem, down, damping)
-        _advance_from_parts(walk, index, parts)
-        return result
+        return _write(problem, down, damping)
     size, options = down.out_features, {"dtype": down.weight.dtype, "device": down.weight.device}
     identity = torch.eye(size, **options)
     zero = torch.zeros(size, **options) if down.bias is not None else None
@@ -160,19 +167,7 @@ def fit_mlp_output(walk: StudentWalk, index: int, batches, teacher_next, damping
     matrix, offset, after = problem.fit(identity, zero, damping)  # pulled towards "the map does nothing"
     with torch.no_grad():
         fold_linear_map(down, matrix, offset)
-    _advance_from_parts(walk, index, parts)
     return {"error_before": before, "error_after": after, "linear_map": True}
-
-
-@torch.no_grad()
-def _advance_from_parts(walk: StudentWalk, index: int, parts: list) -> None:
-    """Move the stream through student layer ``index`` after its MLP fit without running the layer again:
-    only the output projection changed, so the output is the stream after attention plus the new
-    projection of the activations the fit already saw (through the family's output norm, if any)."""
-    if walk.parts_ok:
-        layer = walk.layer(index)
-        walk.stream = [layer_output(walk.model, layer, mid, activations) for mid, activations in parts]
-        walk.advanced = True
 
 
 def fold_linear_map(linear: torch.nn.Linear, matrix: torch.Tensor, offset: torch.Tensor | None = None) -> None:

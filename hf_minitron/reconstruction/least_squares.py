@@ -141,8 +141,8 @@ def gram_products(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
         xt = x.t()
         return torch.mm(xt, x, out_dtype=torch.float32), torch.mm(xt, y, out_dtype=torch.float32)
     dtype = torch.promote_types(x.dtype, torch.float32)
-    xt = x.t().to(dtype)
-    return xt @ x.to(dtype), xt @ y.to(dtype)
+    x, y = x.to(dtype), y.to(dtype)  # widened once (a no-op when they already are)
+    return x.t() @ x, x.t() @ y
 
 
 @functools.cache

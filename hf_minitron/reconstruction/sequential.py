@@ -165,10 +165,7 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
                 fit["mlp"] = fit_mlp_output(walk, index, batches, teacher_stream, config.damping, as_map)
                 if span:
                     fit["span"] = [walk.kept[index] + 1, t]
-            if not walk.advanced:  # the MLP fit moves the stream on itself where it can
-                walk.advance(index, batches)
-            walk.advanced = False
-            walk.attention_inputs.pop(index, None)
+            walk.advance(index, batches)
     for walk in walks:
         if config.final_norm and walk.hidden is not None:
             walk.fits.append(fit_final_norm(walk, teacher, teacher_stream, batches, config.damping))

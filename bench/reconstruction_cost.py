@@ -7,7 +7,10 @@ Over the same calibration tokens, in one process, interleaved:
   output and MLP output projections, sequentially), the library's default;
 - ``reconstruction, whole layers``: the same, running each student layer whole for its MLP fit and again
   to move its stream on (what the walk did before it computed a layer in parts from the activations its
-  fits had already seen).
+  fits had already seen);
+- ``reconstruction, full Gram``: the default, with every Gram matrix multiplied out in full instead of
+  its upper triangle in row blocks (one block: what the fits did before; the same matrices, as the
+  tests check). Narrow inputs (under 2048) are one block either way, so it differs only at 8B shapes.
 
 Models: ``builtin:smollm2-135m`` (width student hidden 432, MLP 768, the recovery benchmark's half-size
 shape) or ``llama-8b-layers``: randomly initialised decoder layers of Llama-3.1-8B's shape (hidden
@@ -40,7 +43,7 @@ from hf_minitron import (
     prune_model,
     reconstruct_models,
 )
-from hf_minitron.reconstruction import fits
+from hf_minitron.reconstruction import fits, least_squares
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved
@@ -106,11 +109,20 @@ def main() -> None:
         finally:
             fits.parts_match = check
 
+    def reconstruction_full_gram():
+        blocks = least_squares.gram_row_blocks
+        least_squares.gram_row_blocks = lambda size, columns=1024: [slice(0, size)]
+        try:
+            reconstruction()
+        finally:
+            least_squares.gram_row_blocks = blocks
+
     seconds = interleaved(
         {
             "importance": importance,
             "reconstruction": reconstruction,
             "reconstruction, whole layers": reconstruction_whole_layers,
+            "reconstruction, full Gram": reconstruction_full_gram,
         },
         args.repeats,
     )

@@ -19,7 +19,7 @@ from hf_minitron.reconstruction import (
     reconstruct_models,
     ridge_solve,
 )
-from hf_minitron.reconstruction.least_squares import gram_products, has_wide_output_mm
+from hf_minitron.reconstruction.least_squares import gram_row_blocks, has_wide_output_mm, wide_mm
 
 from helpers import FAMILY_CONFIGS, logits, tiny_calibration, tiny_model
 
@@ -81,15 +81,37 @@ def test_16_bit_activations_give_the_statistics_of_their_exact_fp32_values():
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(64, 10, generator=generator).bfloat16()
     y = torch.randn(64, 4, generator=generator).bfloat16()
-    gram, cross = gram_products(x, y)
-    assert gram.dtype == cross.dtype == torch.float32
-    torch.testing.assert_close(gram, x.float().t() @ x.float(), rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(cross, x.float().t() @ y.float(), rtol=1e-6, atol=1e-5)
+    problem = LeastSquares(10, 4, False, torch.device("cpu"))
+    problem.add(x, y)
+    torch.testing.assert_close(problem.symmetric_gram(), (x.double().t() @ x.double()), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(problem.cross, x.double().t() @ y.double(), rtol=1e-6, atol=1e-5)
+    assert wide_mm(x.t(), y).dtype == torch.float32
     # On a GPU the same sums run on the tensor cores through torch.mm(..., out_dtype=torch.float32),
     # which this torch has (here on the meta device: shapes and dtypes only).
     assert has_wide_output_mm()
     wide = torch.mm(x.to("meta").t(), y.to("meta"), out_dtype=torch.float32)
     assert wide.shape == (10, 4) and wide.dtype == torch.float32
+
+
+def test_a_wide_gram_matrix_is_accumulated_as_its_upper_triangle_and_solved_as_the_full_one():
+    inputs = 2100  # wide enough for row blocks: only the upper triangle is multiplied out
+    assert len(gram_row_blocks(inputs)) == 2
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(96, inputs, generator=generator, dtype=torch.float64)
+    y = torch.randn(96, 3, generator=generator, dtype=torch.float64)
+    problem = LeastSquares(inputs, 3, False, torch.device("cpu"))
+    problem.add(x[:50], y[:50])
+    problem.add(x[50:], y[50:])
+    full = x.t() @ x
+    torch.testing.assert_close(problem.symmetric_gram(), full)
+    assert problem.gram[1500:, :1000].abs().max() == 0  # the lower block was never computed
+    prior = torch.randn(3, inputs, generator=generator, dtype=torch.float64)
+    lam = 0.5 * float(full.diagonal().mean())
+    expected = torch.linalg.solve(full + lam * torch.eye(inputs, dtype=full.dtype), y.t().mm(x).t() + lam * prior.t())
+    new_weight, _ = problem.solve(prior, damping=0.5)
+    torch.testing.assert_close(new_weight, expected.t(), rtol=1e-7, atol=1e-9)
+    direct = ((x @ prior.t() - y).pow(2).sum() / y.pow(2).sum()).item()
+    assert problem.relative_error(prior) == pytest.approx(direct, rel=1e-9)
 
 
 def kl_to_teacher(student, teacher, calibration, hidden=None) -> float:

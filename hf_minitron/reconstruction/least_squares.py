@@ -6,7 +6,8 @@ A layer ``y = W x (+ b)`` is re-fitted so that, on calibration tokens, its outpu
 
 whose solution is ``Wᵀ = (G + λI)⁻¹ (C + λ W₀ᵀ)`` with the Gram matrix ``G = Σ x xᵀ`` and
 ``C = Σ x yᵀ``. Only G (inputs²) and C (inputs × outputs) are kept, however many tokens stream
-by, so memory is one layer's statistics. Pulling towards the layer's current weights ``W₀``
+by, so memory is one layer's statistics; G is symmetric, so only its upper triangle is multiplied
+out, in row blocks (``gram_row_blocks``). Pulling towards the layer's current weights ``W₀``
 (rather than towards zero) means directions the calibration data never excites keep their
 original weights instead of collapsing; λ is relative to the mean of G's diagonal, so one
 ``damping`` value suits every layer and model. A bias, where the layer has one, is fitted as
@@ -16,6 +17,7 @@ one more input that is always 1.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 
@@ -45,12 +47,27 @@ class LeastSquares:
         if self.bias:
             x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
         y = targets.reshape(-1, targets.shape[-1])
-        gram, cross = gram_products(x, y)
-        self.gram += gram.to(self.gram.dtype)
-        self.cross += cross.to(self.cross.dtype)
+        x, y = product_operands(x), product_operands(y)
+        for rows in gram_row_blocks(x.shape[1]):  # G's upper triangle only: G is symmetric
+            self.gram[rows, rows.start :] += wide_mm(x[:, rows].t(), x[:, rows.start :]).to(self.gram.dtype)
+        self.cross += wide_mm(x.t(), y).to(self.cross.dtype)
         wide = torch.promote_types(y.dtype, torch.float32)
         self.target_energy += y.to(wide).pow(2).sum().to(self.target_energy.dtype)
         self.tokens += x.shape[0]
+
+    def symmetric_gram(self) -> torch.Tensor:
+        """G in full, from the upper triangle ``add`` accumulates."""
+        return symmetric_from_upper(self.gram)
+
+    def _quadratic(self, w: torch.Tensor) -> torch.Tensor:
+        """Σ over rows of w G wᵀ, from the blocks ``add`` accumulates (each row block from its diagonal on):
+        every block right of the diagonal stands for its mirror image too, so it counts twice."""
+        total = torch.zeros((), dtype=self.gram.dtype, device=self.gram.device)
+        for rows in gram_row_blocks(self.gram.shape[0]):
+            part = w[:, rows] @ self.gram[rows, rows.start :]
+            width = rows.stop - rows.start
+            total += (part[:, :width] * w[:, rows]).sum() + 2 * (part[:, width:] * w[:, rows.stop :]).sum()
+        return total
 
     def _stacked(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         stacked = weight.detach().to(self.gram)
@@ -62,7 +79,7 @@ class LeastSquares:
     def relative_error(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> float:
         """Σ||W x − y||² / Σ||y||² over the tokens seen, from the statistics alone (no second pass)."""
         w = self._stacked(weight, bias)
-        error = (w @ self.gram * w).sum() - 2 * (w * self.cross.t()).sum() + self.target_energy
+        error = self._quadratic(w) - 2 * (w * self.cross.t()).sum() + self.target_energy
         return float(error.clamp_min(0) / self.target_energy.clamp_min(1e-30))
 
     def solve(
@@ -97,7 +114,7 @@ def ridge_solve(
     gram: torch.Tensor, cross: torch.Tensor, prior: torch.Tensor, damping: float, scale_inputs: int | None = None
 ) -> torch.Tensor:
     """``(G + λI)⁻¹ (C + λ·prior)`` in fp64 where possible, λ = damping × mean diagonal of G's first
-    ``scale_inputs`` entries (the real inputs, not a bias column).
+    ``scale_inputs`` entries (the real inputs, not a bias column). Only G's upper triangle is read.
 
     A Gram matrix that is singular even after damping (inputs that are always zero and ``damping``
     0) gets its damping raised tenfold until the Cholesky factorisation succeeds.
@@ -113,7 +130,7 @@ def _ridge(gram, cross, prior, damping: float, scale_inputs: int | None) -> tupl
     scale = float(diagonal.mean()) if diagonal.numel() else 1.0
     scale = scale if scale > 0 else 1.0
     strength = damping
-    damped = gram.clone()  # the damping goes on the diagonal in place: no n × n identity (1.6 GB at 8B scale)
+    damped = symmetric_from_upper(gram)  # a copy: the damping goes on its diagonal (no n × n identity)
     for _ in range(8):
         lam = strength * scale
         damped.diagonal().copy_(gram.diagonal() + lam)
@@ -127,22 +144,45 @@ def _ridge(gram, cross, prior, damping: float, scale_inputs: int | None) -> tupl
     )
 
 
-def gram_products(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``xᵀx`` and ``xᵀy`` in fp32 at least, the heavy part of a re-fit (as many multiply-adds as the
+def gram_row_blocks(size: int, columns: int = 1024) -> list[slice]:
+    """Row blocks of an n × n Gram matrix, each of which is computed from its diagonal onwards. Eight
+    blocks of a 9216-wide MLP input (Llama-3.1-8B pruned to 9216 neurons) take 56% of the full
+    product's multiply-adds; each is still one large matrix product. Inputs narrower than two
+    ``columns`` are one block (the saving would not pay for smaller products)."""
+    count = max(1, min(8, size // columns))
+    bounds = [round(i * size / count) for i in range(count + 1)]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
+
+
+def symmetric_from_upper(upper: torch.Tensor) -> torch.Tensor:
+    """A new symmetric matrix from the upper triangle (diagonal included) of ``upper``; no temporary
+    beyond a boolean mask (an n × n fp64 temporary would be 0.7 GB at 9216 inputs)."""
+    mask = torch.ones(upper.shape, dtype=torch.bool, device=upper.device).triu_()
+    return torch.where(mask, upper, upper.t())
+
+
+def product_operands(t: torch.Tensor) -> torch.Tensor:
+    """Activations as the Gram and cross products take them: 16-bit as they are where ``wide_mm`` runs
+    them on the tensor cores, otherwise widened once to fp32 (or kept, if wider)."""
+    if t.device.type == "cuda" and t.dtype in (torch.bfloat16, torch.float16) and has_wide_output_mm():
+        return t
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def wide_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with an fp32 (or wider) result, the heavy part of a re-fit (as many multiply-adds as the
     layer's own forward pass, and more for a wide MLP).
 
-    On a GPU, bf16/fp16 activations go through the tensor cores with fp32 accumulation and an fp32
-    result: the same sums as widening them first (16-bit values are exact in fp32), where an fp32
-    matrix product without TF32 runs on the ordinary cores about fifteen times slower. Elsewhere the
-    inputs are widened and multiplied in fp32 (or fp64, if that is what they are).
+    On a GPU, bf16/fp16 operands go through the tensor cores with fp32 accumulation and an fp32 result:
+    the same sums as widening them first (16-bit values are exact in fp32), where an fp32 matrix
+    product without TF32 runs on the ordinary cores about fifteen times slower. Elsewhere the operands
+    are multiplied in the wider of their dtype and fp32.
     """
-    sixteen_bit = x.dtype in (torch.bfloat16, torch.float16) and y.dtype == x.dtype
-    if x.device.type == "cuda" and sixteen_bit and has_wide_output_mm():
-        xt = x.t()
-        return torch.mm(xt, x, out_dtype=torch.float32), torch.mm(xt, y, out_dtype=torch.float32)
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    x, y = x.to(dtype), y.to(dtype)  # widened once (a no-op when they already are)
-    return x.t() @ x, x.t() @ y
+    sixteen_bit = a.dtype in (torch.bfloat16, torch.float16) and b.dtype == a.dtype
+    if sixteen_bit and a.device.type == "cuda" and has_wide_output_mm():
+        return torch.mm(a, b, out_dtype=torch.float32)
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    return a.to(dtype) @ b.to(dtype)
 
 
 @functools.cache

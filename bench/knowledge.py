@@ -9,11 +9,13 @@ also prints each student's greedy continuation of two story openings ("Once upon
 
 Students: each shape of ``--shapes``, pruned with activation importance from the calibration text,
 then left as pruned or re-fitted by least squares (``--variants``, ReconstructionConfig settings).
-No distillation: this is what pruning and the re-fit alone keep.
+No distillation: this is what pruning and the re-fit alone keep. ``--models`` scores saved folders
+instead (a demo run's distilled students, say), with no pruning at all.
 
     .venv/bin/python bench/knowledge.py                                  # documentation alone
     .venv/bin/python bench/knowledge.py --calibration "docs|prompts" --shapes "width MLP 1280,depth 26"
     .venv/bin/python bench/knowledge.py --calibration "docs|generated"   # half the teacher's own answers
+    .venv/bin/python bench/knowledge.py --models minitron-demo/models/SmolLM2-Minitron-Demo-Width-Base
 
 Writes ``knowledge.md`` and ``results.json`` into ``--out``.
 """
@@ -29,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_minitron import (
@@ -136,6 +139,15 @@ def facts_answered(model, tokenizer, facts) -> list[str]:
     return [word for (_, word), reply in zip(facts, replies, strict=True) if word.lower() in reply.lower()]
 
 
+def score_folder(path: Path, tokenizer, known, held_out) -> dict:
+    """Facts kept, held-out perplexity and story openings of a saved model (the teacher's tokenizer)."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    kept = facts_answered(model, tokenizer, known)
+    row = {"model": str(path), "ppl_docs": held_out(model), "facts": kept, "stories": story_openings(model, tokenizer)}
+    print(f"{path}: {len(kept)}/{len(known)} {kept}, ppl {row['ppl_docs']:.2f}\n  {row['stories']}", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calibration", choices=tuple(CALIBRATIONS), default="docs")
@@ -144,6 +156,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     parser.add_argument("--neuron-selection", choices=NEURON_SELECTIONS, default="energy")
     parser.add_argument("--out", default="bench/out/knowledge")
+    parser.add_argument("--models", default=None, help="comma-separated model folders to score instead of pruning")
     args = parser.parse_args()
     shapes = {name: replace(SHAPES[name], neuron_selection=args.neuron_selection) for name in args.shapes.split(",")}
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
@@ -162,6 +175,11 @@ def main() -> None:
     results = {"calibration": args.calibration, "teacher": {"ppl_docs": held_out(teacher), "facts": len(known)}}
     results["facts"] = [word for _, word in known]
     print(f"teacher: {len(known)}/{len(FACTS)} facts, docs ppl {results['teacher']['ppl_docs']:.2f}", flush=True)
+
+    if args.models:
+        results["students"] = [score_folder(Path(path), tokenizer, known, held_out) for path in args.models.split(",")]
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return
 
     if args.calibration == "docs|generated":
         count = args.calibration_samples - args.calibration_samples // 2

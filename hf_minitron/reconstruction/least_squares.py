@@ -164,9 +164,7 @@ def symmetric_from_upper(upper: torch.Tensor) -> torch.Tensor:
 def product_operands(t: torch.Tensor) -> torch.Tensor:
     """Activations as the Gram and cross products take them: 16-bit as they are where ``wide_mm`` runs
     them on the tensor cores, otherwise widened once to fp32 (or kept, if wider)."""
-    if t.device.type == "cuda" and t.dtype in (torch.bfloat16, torch.float16) and has_wide_output_mm():
-        return t
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+    return t if _on_tensor_cores(t, t) else t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def wide_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -178,11 +176,16 @@ def wide_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     product without TF32 runs on the ordinary cores about fifteen times slower. Elsewhere the operands
     are multiplied in the wider of their dtype and fp32.
     """
-    sixteen_bit = a.dtype in (torch.bfloat16, torch.float16) and b.dtype == a.dtype
-    if sixteen_bit and a.device.type == "cuda" and has_wide_output_mm():
+    if _on_tensor_cores(a, b):
         return torch.mm(a, b, out_dtype=torch.float32)
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     return a.to(dtype) @ b.to(dtype)
+
+
+def _on_tensor_cores(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a @ b`` can run in 16 bits with an fp32 result (CUDA, both bf16 or both fp16)."""
+    sixteen_bit = a.dtype in (torch.bfloat16, torch.float16) and b.dtype == a.dtype
+    return sixteen_bit and a.device.type == "cuda" and has_wide_output_mm()
 
 
 @functools.cache

@@ -114,6 +114,27 @@ def test_a_wide_gram_matrix_is_accumulated_as_its_upper_triangle_and_solved_as_t
     assert problem.relative_error(prior) == pytest.approx(direct, rel=1e-9)
 
 
+def test_a_solve_damps_the_statistics_in_place_and_leaves_them_as_accumulated():
+    inputs = 2100  # row blocks: the solve fills G's lower part in from the upper blocks, in G's own storage
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(96, inputs, generator=generator, dtype=torch.float64)
+    y = torch.randn(96, 3, generator=generator, dtype=torch.float64)
+    prior = torch.randn(3, inputs, generator=generator, dtype=torch.float64)
+    problem = LeastSquares(inputs, 3, False, torch.device("cpu"))
+    problem.add(x[:50], y[:50])
+    accumulated = problem.gram.triu().clone()
+    first, _ = problem.solve(prior, damping=0.5)
+    assert torch.equal(problem.gram.triu(), accumulated)  # the damped diagonal is put back bit for bit
+    assert torch.equal(problem.gram, problem.gram.t())  # the lower triangle filled in from the upper one
+    assert torch.equal(problem.solve(prior, damping=0.5)[0], first)
+    assert torch.equal(ridge_solve(accumulated, problem.cross, prior.t(), 0.5).t(), first)  # as from a copy
+    problem.add(x[50:], y[50:])  # tokens after a solve: the next solve must not read a stale lower part
+    full = x.t() @ x
+    lam = 0.5 * float(full.diagonal().mean())
+    expected = torch.linalg.solve(full + lam * torch.eye(inputs, dtype=full.dtype), x.t() @ y + lam * prior.t())
+    torch.testing.assert_close(problem.solve(prior, damping=0.5)[0], expected.t(), rtol=1e-7, atol=1e-9)
+
+
 def kl_to_teacher(student, teacher, calibration, hidden=None) -> float:
     """Mean KL(teacher ‖ student) of next-token distributions over the calibration tokens."""
     total, count = 0.0, 0

@@ -12,8 +12,6 @@ the solve adds over the memory held just before it, in GiB and as a multiple of 
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -23,16 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_minitron.reconstruction import LeastSquares
 
-GIB = 2**30
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_resident_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import gib, peak_rss_bytes, reset_peak_rss, rss_bytes
 
 
 def main() -> None:
@@ -56,18 +46,16 @@ def main() -> None:
         held = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        held = resident_bytes()
-        if peak_resident_bytes() > held:  # the peak so far would hide the solve's: say so rather than guess
-            print(f"(process peak before the solve {peak_resident_bytes() / GIB:.2f} GiB, held {held / GIB:.2f} GiB)")
+        held = rss_bytes()
+        reset_peak_rss()
     start = time.perf_counter()
     problem.fit(weight, damping=0.1)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_resident_bytes()
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()
     added = peak - held
     print(
-        f"{args.inputs} inputs, {args.outputs} outputs, {problem.tokens} tokens on {device}: "
-        f"G {gram_bytes / GIB:.2f} GiB; "
-        f"the solve adds {added / GIB:.2f} GiB at its peak ({added / gram_bytes:.2f}× G) in {seconds:.1f} s"
+        f"{args.inputs} inputs, {args.outputs} outputs, {problem.tokens} tokens on {device}: G {gib(gram_bytes)}; "
+        f"the solve adds {gib(added)} at its peak ({added / gram_bytes:.2f}× G) in {seconds:.1f} s"
     )
 
 

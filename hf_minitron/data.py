@@ -279,6 +279,23 @@ def mixture_shares(mixture: Mapping, num_samples: int) -> dict[str, int]:
     return counts
 
 
+def interleave_by_share(parts: list[list]) -> list:
+    """The items of every part in one list, each part spread through it in proportion to its length,
+    keeping each part's order. Every prefix then holds each part in about its share, which is what the
+    users of the first samples (``block_search_samples``, ``ReconstructionConfig.num_samples``) see."""
+    taken = [0] * len(parts)
+    merged = []
+    for _ in range(sum(len(part) for part in parts)):
+        # The part furthest behind its share so far; the midpoint rule spreads equal parts evenly.
+        k = min(
+            (k for k, part in enumerate(parts) if taken[k] < len(part)),
+            key=lambda k: (taken[k] + 0.5) / len(parts[k]),
+        )
+        merged.append(parts[k][taken[k]])
+        taken[k] += 1
+    return merged
+
+
 @dataclass
 class CalibrationSet:
     """Tokenized calibration samples: packed fixed-length blocks, or one padded sample per text."""
@@ -336,8 +353,8 @@ def build_calibration_set(
             f"num_samples ({num_samples}) must be ≥ 1 and seq_len ({seq_len}) ≥ 2",
             fix="pass positive sizes",
         )
-    if is_mixture(source):  # a mixture: each source's share of the samples, in the order given
-        samples = []
+    if is_mixture(source):  # a mixture: each source's share of the samples, interleaved by share
+        parts = []
         for part, count in mixture_shares(source, num_samples).items():
             if count:
                 part_set = build_calibration_set(
@@ -350,8 +367,8 @@ def build_calibration_set(
                     dataset_config=dataset_config,
                     split=split,
                 )
-                samples += part_set.samples
-        return CalibrationSet(samples, part_set.pad_token_id, describe_text_source(source))
+                parts.append(part_set.samples)
+        return CalibrationSet(interleave_by_share(parts), part_set.pad_token_id, describe_text_source(source))
     texts = iter_texts(source, text_column=text_column, dataset_config=dataset_config, split=split, tokenizer=tokenizer)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos

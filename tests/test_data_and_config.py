@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config
 
 from hf_minitron import MinitronError, PruningConfig, build_calibration_set, family_for
-from hf_minitron.data import iter_texts, mixture_shares
+from hf_minitron.data import interleave_by_share, iter_texts, mixture_shares
 from hf_minitron.families import FAMILIES
 from hf_minitron.pipeline.recipe import parse_recipe
 from hf_minitron.pruning.plan import compile_plan, match_parameter
@@ -73,9 +73,25 @@ def test_calibration_mixture_draws_each_share_of_the_samples():
     )
     docs = build_calibration_set("builtin:python-docs", tokenizer, num_samples=3, seq_len=32)
     prompts = build_calibration_set("builtin:seed-prompts", tokenizer, num_samples=3, seq_len=32)
-    assert [s.tolist() for s in mixed.samples] == [s.tolist() for s in docs.samples + prompts.samples]
+    # Interleaved, so that the first samples (block ranking, a re-fit on fewer samples) hold every source.
+    alternating = [sample for pair in zip(docs.samples, prompts.samples, strict=True) for sample in pair]
+    assert [s.tolist() for s in mixed.samples] == [s.tolist() for s in alternating]
     assert mixed.description.startswith("50% builtin:python-docs") and "50% builtin:seed-prompts" in mixed.description
     assert len(list(iter_texts("builtin:seed-prompts"))) > 500
+
+
+@pytest.mark.parametrize("lengths", [(11, 11, 10), (2, 6), (1, 9), (5, 3, 1, 7), (4,)])
+def test_interleaving_by_share_keeps_every_prefix_near_each_share(lengths):
+    parts = [[(k, i) for i in range(n)] for k, n in enumerate(lengths)]
+    merged = interleave_by_share(parts)
+    assert sorted(merged) == sorted(item for part in parts for item in part)
+    for k, part in enumerate(parts):
+        assert [item for item in merged if item[0] == k] == part  # each part keeps its order
+    total = sum(lengths)
+    for end in range(1, total + 1):
+        for k, n in enumerate(lengths):
+            count = sum(1 for item in merged[:end] if item[0] == k)
+            assert abs(count - n * end / total) <= 1, (end, k, merged)
 
 
 @pytest.mark.parametrize(

@@ -355,6 +355,22 @@ def test_the_teacher_written_text_calibrates_and_trains_the_students(tmp_path):
         parse_recipe(values)
 
 
+def test_a_re_fit_may_ask_for_more_calibration_samples_than_the_importance_pass(tmp_path):
+    """reconstruction.num_samples above calibration.num_samples fits on that many samples of the same
+    text; the importance pass still ranks on its own, and records what it saw."""
+    values = make_inputs(tmp_path)
+    for section in ("distill", "align", "quantize", "publish", "evaluate"):
+        values.pop(section)
+    values["students"] = {"width": values["students"]["width"]}
+    values["reconstruction"] = {"num_samples": 6}
+    run = tmp_path / "run"
+    run_recipe(parse_recipe(values), run, publish=False)
+    ranked = json.loads((run / "importance" / "stage.json").read_text())["record"]
+    assert ranked["calibration_tokens"] == 4 * 32
+    fitted = json.loads((run / "prune" / "width" / "reconstruction.json").read_text())
+    assert fitted["tokens"] == 6 * 32
+
+
 def test_bad_teacher_cache_settings_are_refused_before_anything_runs(tmp_path):
     values = make_inputs(tmp_path)
     values["distill"].update(teacher_cache={"top_k": 8})  # packing stays on: a cache cannot serve it

@@ -39,7 +39,7 @@ class Run:
     def __init__(self, recipe: Recipe, output_dir: Path):
         self.recipe, self.output_dir = recipe, output_dir
         self._teacher = None
-        self._calibration: CalibrationSet | None = None
+        self._calibration: dict[int, CalibrationSet] = {}
 
     def folder(self, stage: str) -> Path:
         return self.output_dir / stage
@@ -82,20 +82,24 @@ class Run:
             self._teacher = (source, model, tokenizer, model.dtype)
         return self._teacher[1], self._teacher[2]
 
-    def calibration_set(self) -> CalibrationSet:
-        """The recipe's calibration text, tokenized once per run (importance and reconstruction share it)."""
-        if self._calibration is None:
-            settings = self.recipe.calibration
+    def calibration_set(self, num_samples: int | None = None) -> CalibrationSet:
+        """The recipe's calibration text, tokenized once per run: its ``num_samples`` for importance, and
+        for a reconstruction that asks for more samples (``reconstruction.num_samples``) a larger set of the
+        same text, built apart so that the importance pass sees exactly the samples it would without it."""
+        settings = self.recipe.calibration
+        count = max(num_samples or 0, settings.num_samples)
+        if count not in self._calibration:
             _, tokenizer = self.teacher()
-            self._calibration = build_calibration_set(
+            calibration = build_calibration_set(
                 self._located(settings.data),
                 tokenizer,
-                num_samples=settings.num_samples,
+                num_samples=count,
                 seq_len=settings.seq_len,
                 dataset_config=settings.dataset_config,
             )
-            self._calibration.description = self._describe_sources(settings.data)  # not the run folder's path
-        return self._calibration
+            calibration.description = self._describe_sources(settings.data)  # not the run folder's path
+            self._calibration[count] = calibration
+        return self._calibration[count]
 
     def _located(self, data):
         """``data`` with "generated" replaced by the folder the generate_data stage wrote."""
@@ -205,7 +209,9 @@ def prune(run: Run, folder: Path) -> dict:
     students = {name: prune_model(copy.deepcopy(teacher), config, scores) for name, config in targets.items()}
     reports = dict.fromkeys(students)
     if run.recipe.reconstruction is not None:
-        calibration = run.calibration_set()
+        calibration = run.calibration_set(run.recipe.reconstruction.num_samples).first(
+            run.recipe.reconstruction.num_samples
+        )
         print(f"  reconstructing on {calibration.num_tokens} tokens of {calibration.description}", file=sys.stderr)
         fitted = reconstruct_models(teacher, list(students.values()), calibration, config=run.recipe.reconstruction)
         reports = dict(zip(students, fitted, strict=True))

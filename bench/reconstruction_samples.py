@@ -32,19 +32,11 @@ from hf_minitron import (
     prune_model,
     reconstruct_models,
 )
-from hf_minitron.evaluation.perplexity import perplexity
 from hf_minitron.pruning.plan import block_lm_loss_sizes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration_text import mixed_texts
-from recovery import HELD_OUT, SHAPES
-
-
-def held_out_perplexity(model, tokenizer, tokens: int) -> dict[str, float]:
-    return {
-        name: perplexity(model, tokenizer, source, seq_len=256, max_tokens=tokens, progress=False).perplexity
-        for name, source in HELD_OUT.items()
-    }
+from recovery import SHAPES, held_out_perplexity
 
 
 def main() -> None:

@@ -106,12 +106,17 @@ def token_blocks(tokenizer, texts: list[str], length: int, count: int) -> list[l
     return [blocks[i % len(blocks)] for i in range(count)]
 
 
+def held_out_perplexity(model, tokenizer, tokens: int) -> dict[str, float]:
+    """Perplexity on each held-out text (``HELD_OUT``), over its first ``tokens`` tokens in 256-token windows."""
+    return {
+        name: perplexity(model, tokenizer, source, seq_len=256, max_tokens=tokens, progress=False).perplexity
+        for name, source in HELD_OUT.items()
+    }
+
+
 def evaluate(model, tokenizer, args, tasks) -> dict:
     model.eval()
-    result = {}
-    for name, source in HELD_OUT.items():
-        value = perplexity(model, tokenizer, source, seq_len=256, max_tokens=args.eval_tokens, progress=False)
-        result[f"ppl_{name}"] = value.perplexity
+    result = {f"ppl_{name}": value for name, value in held_out_perplexity(model, tokenizer, args.eval_tokens).items()}
     for name, docs in tasks.items():
         result[name] = score_task(model, tokenizer, docs, name, progress=False).acc
     result["margin"] = sum(result[t] - CHANCE[t] for t in tasks) / len(tasks)  # mean accuracy above chance

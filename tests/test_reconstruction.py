@@ -18,6 +18,7 @@ from hf_minitron.reconstruction import (
     reconstruct_model,
     reconstruct_models,
     ridge_solve,
+    sequential,
 )
 from hf_minitron.reconstruction.least_squares import gram_row_blocks, has_wide_output_mm, wide_mm
 
@@ -184,6 +185,37 @@ def test_depth_reconstruction_bridges_the_dropped_span(span_method, family):
         if "layers.1.mlp.down_proj" not in name:
             assert torch.equal(param, pruned.get_parameter(name)), name
     assert kl_to_teacher(student, teacher, calibration) < kl_to_teacher(pruned, teacher, calibration)
+
+
+def test_a_walk_stops_after_its_last_fit_with_the_student_of_the_whole_walk(monkeypatch):
+    """With ``layers: changed`` a depth student's fits end at its dropped span: the teacher and the
+    student stop there instead of running every calibration batch through the layers above."""
+    teacher = tiny_model("llama", num_hidden_layers=6)
+    calibration = tiny_calibration(num_samples=16, length=24)
+    pruned = prune_model(copy.deepcopy(teacher), PruningConfig(layers_to_drop=[1, 2]))
+    config = ReconstructionConfig(layers="changed", damping=0.01, batch_size=4)
+    teacher_passes, student_passes = [], []
+    run_layer, student_run_layer = sequential.run_layer, fits.run_layer
+    monkeypatch.setattr(sequential, "run_layer", lambda *a, **k: teacher_passes.append(1) or run_layer(*a, **k))
+    monkeypatch.setattr(fits, "run_layer", lambda *a, **k: student_passes.append(1) or student_run_layer(*a, **k))
+
+    def walk(student):
+        report = reconstruct_model(student, teacher, calibration, config=config, progress=False)
+        counts = (len(teacher_passes), len(student_passes))
+        teacher_passes[:], student_passes[:] = [], []
+        return report["layers"], counts
+
+    early = copy.deepcopy(pruned)
+    early_fits, early_counts = walk(early)
+    monkeypatch.setattr(sequential, "_last_layer_needed", lambda walk, config, last: last)
+    whole = copy.deepcopy(pruned)
+    whole_fits, whole_counts = walk(whole)
+    assert early_fits == whole_fits and [fit.get("span") for fit in early_fits] == [[1, 2], None, None, None]
+    for name, param in whole.named_parameters():
+        assert torch.equal(early.get_parameter(name), param), name
+    # 4 batches: the teacher through its layers 0-2 (where the span ends) instead of all 6; the student
+    # runs its layer 0 once per batch for the fit, then nothing, instead of also its 3 layers above.
+    assert early_counts == (3 * 4, 4) and whole_counts == (6 * 4, 4 + 3 * 4)
 
 
 def test_folding_a_linear_map_equals_running_it_in_place_of_the_span(input_ids):

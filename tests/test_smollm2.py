@@ -63,7 +63,8 @@ def test_students_reload_and_generate(
 @pytest.mark.slow
 def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
     """The README's main job on the real teacher, with 4 distillation steps per student, half the
-    calibration, a quarter of the held-out tokens (the full demo is measured in the README, not here)."""
+    calibration and re-fit samples, a quarter of the held-out tokens (the full demo is measured in the
+    README, not here)."""
     import time
 
     from hf_minitron.cli.demo import demo_recipe
@@ -73,6 +74,7 @@ def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
     recipe = demo_recipe()
     recipe.calibration.num_samples //= 2
     recipe.calibration.block_search_samples //= 2
+    recipe.reconstruction.num_samples //= 2
     recipe.evaluate.max_tokens //= 4
     recipe.evaluate.throughput = False
     result = run_recipe(recipe, tmp_path / "demo", budget=0.1)

@@ -135,14 +135,21 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
         walk.stream = [walk.select(hidden) for hidden in teacher_stream]
     teacher_layers = decoder_layers(teacher)
     last = len(teacher_layers) - 1
+    needed = [_last_layer_needed(walk, config, last) for walk in walks]
     for t in tqdm(range(len(teacher_layers)), desc="reconstruction", disable=not progress):
+        for walk, until in zip(walks, needed, strict=True):
+            if t > until and t in walk.kept:  # its fits are done: the layer is listed, its stream stays
+                walk.fits.append({"layer": walk.kept.index(t), "teacher_layer": t})
+        active = [walk for walk, until in zip(walks, needed, strict=True) if t <= until]
+        if not active:
+            continue  # every student's fits are done: the teacher's layers above change nothing
         seen = [
             run_layer(teacher, teacher_layers[t], hidden, batch.layer_kwargs[t])
             for hidden, batch in zip(teacher_stream, batches, strict=True)
         ]
         teacher_mids, teacher_stream = [s.mid for s in seen], [s.output for s in seen]
         del seen
-        for walk in walks:
+        for walk in active:
             if t in walk.kept:  # a student layer copies teacher layer t: fit its attention now
                 index = walk.kept.index(t)
                 walk.pending = index
@@ -169,6 +176,22 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
     for walk in walks:
         if config.final_norm and walk.hidden is not None:
             walk.fits.append(fit_final_norm(walk, teacher, teacher_stream, batches, config.damping))
+
+
+def _last_layer_needed(walk: StudentWalk, config: ReconstructionConfig, last: int) -> int:
+    """The last teacher layer this student's walk must go through: that of its last fit. With ``layers:
+    changed`` a depth-pruned student is done after the layer before its last dropped span, and running
+    its stream through the rest of its layers (a whole forward pass of them on every calibration token)
+    would change nothing. -1 where nothing is fitted at all."""
+    fits_every_layer = config.layers == "all" and (config.attention_output or config.mlp_output)
+    if fits_every_layer or (config.final_norm and walk.hidden is not None):
+        return last
+    ends = [*[k - 1 for k in walk.kept[1:]], last]  # the teacher layer where each student layer's fit ends
+    spans = {j for j, end in enumerate(ends) if end > walk.kept[j]}
+    fitted = (walk.changed if config.attention_output or config.mlp_output else set()) | (
+        spans if config.mlp_output else set()
+    )
+    return max((ends[j] for j in fitted), default=-1)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -19,7 +19,9 @@ from .errors import MinitronError
 _BLOCK = 1 << 20
 
 
-def _cache_root() -> Path:
+def builtin_cache_root() -> Path:
+    """Where the library keeps what it derives from the built-in models' files (joined GGUF files,
+    dequantized copies)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_minitron" / "builtin"
 
 
@@ -46,7 +48,7 @@ def _chunk_paths(name: str, entry: dict) -> list[Path]:
 def joined_gguf(name: str, entry: dict) -> Path:
     """The model's GGUF file, joined from its chunk packages on first use and reused afterwards."""
     chunks = _chunk_paths(name, entry)
-    target = _cache_root() / name / entry["gguf_file"]
+    target = builtin_cache_root() / name / entry["gguf_file"]
     expected_size = sum(chunk.stat().st_size for chunk in chunks)
     if target.is_file() and target.stat().st_size == expected_size:
         return target

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .builtin_parts import joined_gguf
+from .dequantized_copy import broken_copy, existing_copy, write_copy
 from .errors import MinitronError
 from .families import family_for
 from .model_folder import restore_record
@@ -89,6 +90,20 @@ def resolve_model_location(name_or_path: str, gguf_file: str | None = None) -> t
     return name_or_path, gguf_file
 
 
+def _resolved(name_or_path: str, gguf_file: str | None):
+    """``resolve_model_location``, with a built-in model's dequantized copy (hf_minitron/dequantized_copy.py)
+    in place of its GGUF file once an earlier load wrote one: (folder or Hub id, gguf file name or None,
+    (built-in name, its GGUF file) or None, the copy's folder or None)."""
+    location, gguf = resolve_model_location(name_or_path, gguf_file)
+    if not (gguf and name_or_path.startswith(BUILTIN_PREFIX)):
+        return location, gguf, None, None
+    builtin = name_or_path[len(BUILTIN_PREFIX) :], Path(location) / gguf
+    copy = existing_copy(*builtin)
+    if copy is not None:
+        return str(copy), None, builtin, copy
+    return location, gguf, builtin, None
+
+
 def mark_dequantized(model: torch.nn.Module) -> None:
     """Clear the quantized flag transformers puts on GGUF-loaded models.
 
@@ -165,13 +180,15 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    location, gguf = resolve_model_location(name_or_path, gguf_file)
+    location, gguf, builtin, copy = _resolved(name_or_path, gguf_file)
     gguf_kwargs = {"gguf_file": gguf} if gguf else {}
     local = Path(location).is_dir()
     dtype = _parse_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **gguf_kwargs)
     except Exception as error:
+        if copy is not None and not isinstance(error, ImportError):
+            raise broken_copy(copy, error) from error
         if isinstance(error, (ImportError, MinitronError)):
             raise
         if not local and isinstance(error, OSError):
@@ -184,16 +201,33 @@ def load_model(
     family_for(config)  # fail before loading gigabytes of weights
     if gguf and dtype == "auto":
         dtype = torch.float32  # GGUF dequantizes to float32; "auto" would read the quantized type
+    # A built-in model's first load keeps its dequantized fp32 weights as a copy, then takes the dtype asked
+    # for (the same rounding from the same fp32 values as loading in that dtype); a GGUF file's config is
+    # passed on, so transformers parses the file's metadata once less.
+    first_load = builtin is not None and copy is None
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, **gguf_kwargs, **kwargs
+            location,
+            dtype=torch.float32 if first_load else dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            **({"config": config, **gguf_kwargs} if gguf else {}),
+            **kwargs,
         )
     except Exception as error:
         # Out of memory or a missing optional package is not the folder's fault: those pass through as they are.
-        if not local or isinstance(error, (MemoryError, torch.OutOfMemoryError, ImportError, MinitronError)):
+        if isinstance(error, (MemoryError, torch.OutOfMemoryError, ImportError, MinitronError)):
+            raise
+        if copy is not None:
+            raise broken_copy(copy, error) from error
+        if not local:
             raise
         raise _broken_folder(name_or_path, "weights", error) from error
     mark_dequantized(model)
+    if first_load:
+        write_copy(*builtin, model, load_tokenizer(name_or_path))
+        if dtype not in (torch.float32, None):
+            model = model.to(dtype)
     if local:
         restore_record(model, location)  # the pruning record lives next to config.json, not in it
     model.config._name_or_path = describe_source(name_or_path)  # publishable: no local path
@@ -215,7 +249,7 @@ def _broken_folder(name_or_path: str, part: str, error: Exception) -> MinitronEr
 def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    location, gguf = resolve_model_location(name_or_path, gguf_file)
+    location, gguf, _, _ = _resolved(name_or_path, gguf_file)
     gguf_kwargs = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **gguf_kwargs)
     if tokenizer.pad_token is None:

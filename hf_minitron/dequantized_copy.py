@@ -10,9 +10,9 @@ tokenizer under ``builtin_cache_root()``; every later one reads that folder (abo
 same tensors, the same config and the same token ids (tests/test_dequantized_copy.py).
 
 The folder is named after the GGUF file's name, size and modification time, so a reinstalled or updated
-package gets a copy of its own. It is written beside its final name and renamed into place, so a load
-that crashes or runs alongside another never reads half a copy. Deleting it only costs the next load
-its 20 s.
+package gets a copy of its own (and the copies an earlier install of the same file left are removed).
+It is written beside its final name and renamed into place, so a load that crashes or runs alongside
+another never reads half a copy. Deleting it only costs the next load its 20 s.
 """
 
 from __future__ import annotations
@@ -54,11 +54,21 @@ def write_copy(name: str, gguf: Path, model, tokenizer) -> Path | None:
         if (folder / COMPLETE).is_file():  # another process finished first: its copy is the same
             return folder
         os.replace(partial, folder)
+        _remove_older_copies(folder, gguf)
         return folder
     except OSError:
         return None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _remove_older_copies(folder: Path, gguf: Path) -> None:
+    """Copies beside ``folder`` that an earlier file at the same path left (a reinstalled package): only
+    folders this module wrote, which name that path in their completion file."""
+    for other in folder.parent.glob("dequantized-*"):
+        marker = other / COMPLETE
+        if other != folder and marker.is_file() and marker.read_text().strip() == str(gguf):
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def broken_copy(folder: Path, error: Exception) -> MinitronError:

@@ -123,3 +123,20 @@ def test_a_damaged_copy_says_which_folder_to_delete(cache, tmp_path, monkeypatch
         load_model(TEACHER)
     assert str(folder) in str(raised.value)
     assert load_tokenizer(TEACHER)("Paris")["input_ids"]  # the tokenizer files are intact
+
+
+def test_a_new_copy_of_a_reinstalled_file_replaces_only_the_old_copies_of_that_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source, other = tmp_path / "model.gguf", tmp_path / "other.gguf"
+    source.write_bytes(b"GGUF")
+    other.write_bytes(b"GGUF")
+    tokenizer = load_tokenizer(TEACHER)
+    model = tiny_model("llama")
+    old = write_copy("fake", source, model, tokenizer)
+    kept = write_copy("fake", other, model, tokenizer)  # another file's copy in the same folder
+    users = old.parent / "dequantized-mine"  # not written here: no completion file
+    users.mkdir()
+    source.write_bytes(b"GGUF, reinstalled")  # another size and time: another copy
+    new = write_copy("fake", source, model, tokenizer)
+    assert new != old and (new / COMPLETE).is_file()
+    assert sorted(p.name for p in new.parent.iterdir()) == sorted([new.name, kept.name, users.name])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .builtin_parts import builtin_cache_root
@@ -55,6 +56,7 @@ def write_copy(name: str, gguf: Path, model, tokenizer) -> Path | None:
             return folder
         os.replace(partial, folder)
         _remove_older_copies(folder, gguf)
+        print(f"  kept a dequantized copy of builtin:{name} in {folder}; later loads read it", file=sys.stderr)
         return folder
     except OSError:
         return None

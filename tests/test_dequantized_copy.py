@@ -125,7 +125,7 @@ def test_a_damaged_copy_says_which_folder_to_delete(cache, tmp_path, monkeypatch
     assert load_tokenizer(TEACHER)("Paris")["input_ids"]  # the tokenizer files are intact
 
 
-def test_a_new_copy_of_a_reinstalled_file_replaces_only_the_old_copies_of_that_file(tmp_path, monkeypatch):
+def test_a_new_copy_of_a_reinstalled_file_replaces_only_the_old_copies_of_that_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     source, other = tmp_path / "model.gguf", tmp_path / "other.gguf"
     source.write_bytes(b"GGUF")
@@ -139,4 +139,5 @@ def test_a_new_copy_of_a_reinstalled_file_replaces_only_the_old_copies_of_that_f
     source.write_bytes(b"GGUF, reinstalled")  # another size and time: another copy
     new = write_copy("fake", source, model, tokenizer)
     assert new != old and (new / COMPLETE).is_file()
+    assert f"kept a dequantized copy of builtin:fake in {new}" in capsys.readouterr().err
     assert sorted(p.name for p in new.parent.iterdir()) == sorted([new.name, kept.name, users.name])

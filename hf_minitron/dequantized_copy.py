@@ -6,8 +6,9 @@ more for the tokenizer, then dequantizes every tensor — about 20 s for the 135
 A pipeline reloads its teacher whenever a stage ran it in another precision (the teacher writes its
 answers and fills the logit cache in bf16, prunes and evaluates in the recipe's fp32), so the demo paid
 that three times. The first load of a built-in model writes its dequantized fp32 weights, config and
-tokenizer under ``builtin_cache_root()``; every later one reads that folder (about a second), with the
-same tensors, the same config and the same token ids (tests/test_dequantized_copy.py).
+tokenizer under ``builtin_cache_root()``; every later one reads that folder (0.3 s for SmolLM2 once the
+process has loaded a model), with the same tensors, the same config and the same token ids
+(tests/test_dequantized_copy.py).
 
 The folder is named after the GGUF file's name, size and modification time, so a reinstalled or updated
 package gets a copy of its own (and the copies an earlier install of the same file left are removed).

@@ -44,7 +44,8 @@ def existing_copy(name: str, gguf: Path) -> Path | None:
 
 def write_copy(name: str, gguf: Path, model, tokenizer) -> Path | None:
     """Save ``model`` (loaded from ``gguf`` in fp32) and ``tokenizer`` as the copy. A copy that cannot be
-    written (a read-only or full disk) is skipped: the next load reads the GGUF file again, nothing fails."""
+    written (a read-only or full disk, or any error of the savers) is skipped with a one-line note: the
+    copy only saves time, so the load goes on and the next one reads the GGUF file again."""
     folder = copy_folder(name, gguf)
     partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     try:
@@ -59,7 +60,8 @@ def write_copy(name: str, gguf: Path, model, tokenizer) -> Path | None:
         _remove_older_copies(folder, gguf)
         print(f"  kept a dequantized copy of builtin:{name} in {folder}; later loads read it", file=sys.stderr)
         return folder
-    except OSError:
+    except Exception as error:  # the copy only saves time (docstring)
+        print(f"  no dequantized copy of builtin:{name} kept ({error.__class__.__name__}: {error})", file=sys.stderr)
         return None
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -100,7 +100,7 @@ def test_in_bf16_the_copy_and_a_first_load_give_what_the_gguf_file_gives_in_bf16
             assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, direct[key]), key
 
 
-def test_a_copy_that_cannot_be_written_leaves_nothing(tmp_path, monkeypatch):
+def test_a_copy_that_cannot_be_written_leaves_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     source = tmp_path / "model.gguf"
     source.write_bytes(b"GGUF")
@@ -111,6 +111,7 @@ def test_a_copy_that_cannot_be_written_leaves_nothing(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
 
     assert write_copy("fake", source, model, FullDisk()) is None  # the load goes on without a copy
+    assert "no dequantized copy of builtin:fake kept (OSError" in capsys.readouterr().err
     assert list((tmp_path / "cache" / "hf_minitron" / "builtin" / "fake").iterdir()) == []
 
 

@@ -22,6 +22,7 @@ import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .builtin_parts import builtin_cache_root
@@ -47,16 +48,18 @@ def write_copy(name: str, gguf: Path, model, tokenizer) -> Path | None:
     written (a read-only or full disk, or any error of the savers) is skipped with a one-line note: the
     copy only saves time, so the load goes on and the next one reads the GGUF file again."""
     folder = copy_folder(name, gguf)
-    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    partial = None
     try:
-        shutil.rmtree(partial, ignore_errors=True)  # our own leftover from a process of this pid
-        partial.mkdir(parents=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # A new, empty folder of its own beside the copy: the only one ever deleted if the copy fails.
+        partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         (partial / COMPLETE).write_text(f"{gguf}\n")
         if (folder / COMPLETE).is_file():  # another process finished first: its copy is the same
             return folder
         os.replace(partial, folder)
+        partial = None  # it is the copy now
         _remove_older_copies(folder, gguf)
         print(f"  kept a dequantized copy of builtin:{name} in {folder}; later loads read it", file=sys.stderr)
         return folder
@@ -64,7 +67,8 @@ def write_copy(name: str, gguf: Path, model, tokenizer) -> Path | None:
         print(f"  no dequantized copy of builtin:{name} kept ({error.__class__.__name__}: {error})", file=sys.stderr)
         return None
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def _remove_older_copies(folder: Path, gguf: Path) -> None:

@@ -137,10 +137,12 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
     last = len(teacher_layers) - 1
     needed = [_last_layer_needed(walk, config, last) for walk in walks]
     for t in tqdm(range(len(teacher_layers)), desc="reconstruction", disable=not progress):
+        active = []
         for walk, until in zip(walks, needed, strict=True):
-            if t > until and t in walk.kept:  # its fits are done: the layer is listed, its stream stays
+            if t <= until:
+                active.append(walk)
+            elif t in walk.kept:  # its fits are done: the layer is listed, its stream stays
                 walk.fits.append({"layer": walk.kept.index(t), "teacher_layer": t})
-        active = [walk for walk, until in zip(walks, needed, strict=True) if t <= until]
         if not active:
             continue  # every student's fits are done: the teacher's layers above change nothing
         seen = [

@@ -52,14 +52,19 @@ def _pass_through_layers(layers, calls: list):
             del layer.forward
 
 
-@torch.no_grad()
 def record_calibration_batches(model, calibration: CalibrationSet, batch_size: int) -> list[CalibrationBatch]:
     """Layer-0 inputs and per-layer keyword arguments of ``model`` for every calibration batch."""
+    return record_batches(model, calibration.batches(batch_size))
+
+
+@torch.no_grad()
+def record_batches(model, inputs) -> list[CalibrationBatch]:
+    """``record_calibration_batches`` for any batches of ``input_ids`` and ``attention_mask``."""
     decoder = get_module(model, family_for(model).decoder)
     layers = decoder_layers(model)
     device = input_device(model)
     batches = []
-    for batch in calibration.batches(batch_size):
+    for batch in inputs:
         calls: list = [None] * len(layers)
         with _pass_through_layers(layers, calls):
             decoder(

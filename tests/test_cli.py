@@ -281,12 +281,13 @@ def test_prune_reads_every_shipped_recipe_as_its_prune_stage(recipe):
         assert pruning_config_from_args(args) == targets
         assert reconstruction_config_from_args(args) == parsed.reconstruction
         calibration = parsed.calibration
-        assert (args.model, args.dtype, args.data, args.num_samples, args.seq_len) == (
+        assert (args.model, args.dtype, args.data, args.num_samples, args.seq_len, args.downstream_task) == (
             parsed.teacher,
             parsed.model_dtype,
             calibration.data,
             calibration.num_samples,
             calibration.seq_len,
+            calibration.downstream_task,
         )
 
 

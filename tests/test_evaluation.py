@@ -112,6 +112,29 @@ def test_bad_task_files(tmp_path, capsys):
         task_module.load_task(tmp_path / "missing.jsonl")
 
 
+def test_builtin_everyday_facts_task_is_balanced_and_apart_from_the_demo_prompts():
+    import yaml
+
+    from hf_minitron.pipeline import DEMO_RECIPE
+
+    rows = task_module.load_task("builtin:everyday-facts")
+    assert len(rows) >= 50 and task_module.load_task("builtin:everyday-facts", limit=5) == rows[:5]
+    assert all(task_module.task_format(row) == "choices" and len(set(row["choices"])) == 4 for row in rows)
+    golds = [row["gold"] for row in rows]
+    assert max(golds.count(g) for g in range(4)) - min(golds.count(g) for g in range(4)) <= 1
+    prompts = yaml.safe_load(DEMO_RECIPE.read_text())["evaluate"]["sample_prompts"]
+    queries = {row["query"] for row in rows}
+    assert not queries & set(prompts) and not any("France" in q or "Paris" in q for q in queries)
+
+
+@pytest.mark.slow
+def test_real_teacher_knows_the_builtin_everyday_facts(smollm2, record_measurement):
+    model, tokenizer = smollm2
+    result = score_task(model, tokenizer, task_module.load_task("builtin:everyday-facts"), progress=False)
+    assert result.acc > 0.75, result  # chance is 0.25
+    record_measurement(f"SmolLM2 teacher, builtin:everyday-facts: acc {result.acc:.3f} of {result.count} rows")
+
+
 @pytest.mark.slow
 def test_real_teacher_is_above_chance(smollm2, record_measurement):
     model, tokenizer = smollm2

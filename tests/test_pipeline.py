@@ -211,6 +211,8 @@ def test_resume_skips_finished_stages_and_reruns_what_changed(finished_run, tmp_
         (lambda v: v.pop("teacher"), "missing teacher"),
         (lambda v: v["publish"].update(repo_id="no-org"), "ORG/NAME"),
         (lambda v: v["quantize"].update(schemes=["int3"]), "unknown scheme\\(s\\) int3"),
+        (lambda v: v["students"]["depth"].update(layer_selection="downstream"), "set calibration.downstream_task"),
+        (lambda v: v["calibration"].update(downstream_task="missing.jsonl"), "downstream_task: Task file"),
     ],
 )
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path, edit, message):
@@ -369,6 +371,29 @@ def test_a_re_fit_may_ask_for_more_calibration_samples_than_the_importance_pass(
     assert ranked["calibration_tokens"] == 4 * 32
     fitted = json.loads((run / "prune" / "width" / "reconstruction.json").read_text())
     assert fitted["tokens"] == 6 * 32
+
+
+def test_a_downstream_student_drops_the_block_its_task_ranks_best(tmp_path):
+    """`layer_selection: downstream` in a recipe: the importance stage scores the calibration's task with
+    every contiguous block skipped (and LM loss, which breaks ties), and pruning drops the best block."""
+    from hf_minitron.importance import ImportanceScores
+
+    values = make_inputs(tmp_path)
+    for section in ("distill", "align", "quantize", "publish", "evaluate"):
+        values.pop(section)
+    rows = [{"query": f"Is {i} even? The answer is", "choices": ["yes", "no"], "gold": i % 2} for i in range(12)]
+    (tmp_path / "task.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    values["calibration"].update(downstream_task=str(tmp_path / "task.jsonl"), downstream_limit=10)
+    values["students"] = {"depth": {"num_hidden_layers": 2, "layer_selection": "downstream"}}
+    run = tmp_path / "run"
+    run_recipe(parse_recipe(values), run, publish=False)
+    scores = ImportanceScores.load(run / "importance")
+    accuracy, loss = scores.block_accuracy[2], scores.block_lm_loss[2]  # 4 layers -> 2: blocks of 2
+    assert scores.metadata["downstream_task"] == "task" and len(accuracy) == 3
+    best = [i for i in range(3) if accuracy[i] == accuracy.max()]
+    expected = min(best, key=lambda i: loss[i])
+    dropped = json.loads((run / "prune" / "stage.json").read_text())["record"]["dropped_layers"]["depth"]
+    assert dropped == [expected, expected + 1]
 
 
 def test_bad_teacher_cache_settings_are_refused_before_anything_runs(tmp_path):

@@ -130,6 +130,30 @@ def test_downstream_selection_picks_the_inert_block(tmp_path):
     assert ImportanceScores.load(tmp_path / "s").block_accuracy[2].tolist() == accuracy.tolist()
 
 
+@pytest.mark.parametrize(
+    "rows, lm_loss, expected",
+    [
+        (None, [3.0, 1.0, 2.0, 0.5, 4.0], [0]),  # rows unknown (older scores): the best accuracy alone
+        (100, [3.0, 1.0, 2.0, 0.5, 4.0], [0]),  # standard error 0.04: blocks 1 and 2 are 0.05 and 0.06 behind
+        (25, [3.0, 1.0, 2.0, 0.5, 4.0], [1]),  # standard error 0.08: blocks 0-2 tie, 1 has the least LM loss
+        (25, None, [0]),  # no LM loss to choose by: the best accuracy
+        (25, [3.0, 3.0, 3.0, 0.5, 4.0], [0]),  # equal LM loss: the first of the tied blocks
+    ],
+)
+def test_downstream_selection_treats_accuracies_within_a_standard_error_as_tied(rows, lm_loss, expected):
+    """One-standard-error rule: among blocks whose accuracy is within sqrt(p(1-p)/rows) of the best p,
+    the least LM loss wins; block 3 has the least LM loss of all but is far behind on the task."""
+    model = tiny_model("llama", num_hidden_layers=6, seed=3)
+    scores = estimate_importance(model, calibration_data=tiny_calibration(), progress=False)
+    scores.block_accuracy = {2: torch.tensor([0.80, 0.75, 0.74, 0.40, 0.70])}
+    scores.block_lm_loss = {2: torch.tensor(lm_loss)} if lm_loss else {}
+    scores.metadata["downstream_rows"] = rows
+    # sqrt(0.8 * 0.2 / 100) = 0.04 and sqrt(0.8 * 0.2 / 25) = 0.08
+    prune_model(model, PruningConfig(num_hidden_layers=4, layer_selection="downstream"), scores)
+    dropped = model.config.minitron_pruning["dropped_layers"]
+    assert dropped[:1] == expected and len(dropped) == 2
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2-sliding"])
 def test_block_lm_loss_sweep_equals_the_loss_of_each_pruned_model(family):
     import copy
@@ -150,3 +174,33 @@ def test_block_lm_loss_sweep_equals_the_loss_of_each_pruned_model(family):
         for start, loss in enumerate(per_start.tolist()):
             pruned = prune_model(copy.deepcopy(model), PruningConfig(layers_to_drop=list(range(start, start + k))))
             assert loss == pytest.approx(mean_lm_loss(pruned, calibration, batch_size=2), rel=1e-5), (k, start)
+
+
+def test_block_accuracy_sweep_equals_scoring_each_pruned_model():
+    """The accuracy sweep walks the decoder once per batch; each block's accuracy (and the whole model's)
+    is what score_task gives the model with that block pruned, on a task where blocks disagree."""
+    import copy
+
+    from hf_minitron.evaluation import score_task
+    from hf_minitron.evaluation.tasks import loglikelihoods, requests_for
+    from hf_minitron.importance.depth import measure_block_accuracy
+
+    from helpers import char_tokenizer
+
+    model, tokenizer = tiny_model("llama", num_hidden_layers=6, seed=7), char_tokenizer()
+    docs = [{"query": f"Row {i} says", "choices": [" red", " green", " blue"], "gold": i % 3} for i in range(30)] + [
+        {"context_options": [f"Ann {i}", f"Bob {i}!"], "continuation": "left early.", "gold": i % 2} for i in range(6)
+    ]
+    choices, partial = docs[:30], docs[30:]
+    for task in (choices, partial):
+        base, accuracy = measure_block_accuracy(model, tokenizer, task, [1, 3], batch_size=7, progress=False)
+        assert base == score_task(model, tokenizer, task, progress=False).acc
+        assert [len(accuracy[k]) for k in (1, 3)] == [6, 4]
+        for k, per_start in accuracy.items():
+            for start, value in enumerate(per_start.tolist()):
+                pruned = prune_model(copy.deepcopy(model), PruningConfig(layers_to_drop=list(range(start, start + k))))
+                expected = score_task(pruned, tokenizer, task, batch_size=7, progress=False).acc
+                assert value == pytest.approx(expected, abs=1e-6), (k, start)  # stored as float32
+    accuracies = measure_block_accuracy(model, tokenizer, choices, [1], progress=False)[1][1]
+    assert len(set(accuracies.tolist())) > 1  # the blocks are told apart: the comparison above is not vacuous
+    assert loglikelihoods(model, tokenizer, requests_for(choices[0]))  # the scorer the sweep shares

@@ -18,7 +18,8 @@ def add_importance_args(parser) -> None:
     group.add_argument(
         "--downstream-task",
         default=None,
-        help="multiple-choice jsonl (e.g. Winogrande) scored with each block of layers removed",
+        help="multiple-choice jsonl (e.g. Winogrande), or builtin:everyday-facts, scored with each block of "
+        "layers removed",
     )
     group.add_argument("--downstream-limit", type=int, default=None, help="rows of the task to use")
     group.add_argument(

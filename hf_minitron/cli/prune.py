@@ -146,10 +146,13 @@ def _prune(args, config: PruningConfig, reconstruction: ReconstructionConfig | N
             argument, block = needed
             if argument == "block_accuracy_sizes" and not args.downstream_task:
                 raise MinitronError(
-                    "layer_selection 'downstream' needs a task", fix="pass --downstream-task path/to/winogrande.jsonl"
+                    "layer_selection 'downstream' needs a task",
+                    fix="pass --downstream-task path/to/winogrande.jsonl (or builtin:everyday-facts)",
                 )
-            flag = "block_sizes" if argument == "block_lm_loss_sizes" else "accuracy_block_sizes"
-            setattr(args, flag, sorted({*getattr(args, flag), block}))
+            # downstream selection reads LM loss too: it picks among blocks of (statistically) tied accuracy
+            flags = ["block_sizes"] if argument == "block_lm_loss_sizes" else ["block_sizes", "accuracy_block_sizes"]
+            for flag in flags:
+                setattr(args, flag, sorted({*getattr(args, flag), block}))
         scores = compute_scores(args, model, tokenizer)
     before = model_shape(model)
     # Reconstruction fits the student to the unpruned model, so it prunes a copy (twice the memory).

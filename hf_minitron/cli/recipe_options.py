@@ -7,9 +7,10 @@ the distill section. `--student NAME` picks the student when the recipe has seve
 the command line still win over what the recipe says.
 
 Two differences from `hf-minitron run` remain, both because the single commands have no such step:
-`prune` ranks layer blocks (``layer_selection: lm_loss``) on every calibration sample rather than the
-first ``block_search_samples``, and `distill` refuses the keys only a pipeline can serve
-(``teacher_cache``, ``block_size``, ``dataset: generated``), saying what to do instead.
+`prune` ranks layer blocks by LM loss (``layer_selection: lm_loss``, and among tied blocks for
+``downstream``) on every calibration sample rather than the first ``block_search_samples``, and
+`distill` refuses the keys only a pipeline can serve (``teacher_cache``, ``block_size``,
+``dataset: generated``), saying what to do instead.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def prune_options(recipe: Recipe, student: str | None) -> tuple[dict, dict]:
         "num_samples": calibration.num_samples,
         "seq_len": calibration.seq_len,
         "batch_size": calibration.batch_size,
+        "downstream_task": calibration.downstream_task,
+        "downstream_limit": calibration.downstream_limit,
         **{key: getattr(targets, key) for key in TARGETS},
         "layer_selection": targets.layer_selection,
         "layers_to_drop": targets.layers_to_drop,

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import MinitronError
+from .facts import BUILTIN_FACTS, everyday_facts
 from .perplexity import row_logprobs
 
 
@@ -45,6 +46,9 @@ class TaskResult:
 
 
 def load_task(path: str | os.PathLike, limit: int | None = None) -> list[dict]:
+    """The rows of a multiple-choice jsonl file, or of ``builtin:everyday-facts`` (evaluation/facts.py)."""
+    if str(path) == BUILTIN_FACTS:
+        return everyday_facts()[:limit] if limit else everyday_facts()
     path = Path(path)
     if not path.is_file():
         raise MinitronError(f"Task file '{path}' does not exist", fix="point at a .jsonl file of multiple-choice rows")
@@ -97,6 +101,18 @@ def loglikelihoods(
     Context and continuation are tokenized separately and joined, so the continuation's tokens
     are exactly its own. Requests are batched longest-first with right padding.
     """
+    results = [0.0] * len(requests)
+    batches = request_batches(tokenizer, requests, batch_size, max_length)
+    for group, ids, mask, score in tqdm(batches, desc="scoring", disable=not progress, leave=False):
+        sums, _ = row_logprobs(model, ids, mask, score_mask=score)
+        for row, index in enumerate(group):
+            results[index] = float(sums[row])
+    return results
+
+
+def request_batches(tokenizer, requests: list[Request], batch_size: int, max_length: int | None = None) -> list:
+    """The requests tokenized and batched for scoring, longest first with right padding: a list of
+    (request indices, input ids, attention mask, score mask marking each row's continuation tokens)."""
     encoded = []
     for request in requests:
         context = tokenizer(request.context)["input_ids"]
@@ -106,9 +122,9 @@ def loglikelihoods(
         ids = (context + continuation)[-(max_length or 10**9) :]
         encoded.append((ids, min(len(continuation), len(ids) - 1)))
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-    results = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
+    batches = []
+    for start in range(0, len(order), batch_size):
         group = order[start : start + batch_size]
         width = max(len(encoded[i][0]) for i in group)
         ids = torch.full((len(group), width), pad, dtype=torch.long)
@@ -119,22 +135,31 @@ def loglikelihoods(
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
             score[row, len(tokens) - scored : len(tokens)] = 1
-        sums, _ = row_logprobs(model, ids, mask, score_mask=score)
-        for row, index in enumerate(group):
-            results[index] = float(sums[row])
-    return results
+        batches.append((group, ids, mask, score))
+    return batches
+
+
+def task_requests(docs: list[dict]) -> tuple[list[Request], list[tuple[int, int]]]:
+    """Every request of ``docs`` in order, and each doc's (first request, number of requests)."""
+    requests, spans = [], []
+    for doc in docs:
+        doc_requests = requests_for(doc)
+        spans.append((len(requests), len(doc_requests)))
+        requests.extend(doc_requests)
+    return requests, spans
 
 
 def score_task(
     model, tokenizer, docs: list[dict], name: str = "task", batch_size: int = 16, progress: bool = True
 ) -> TaskResult:
     """Accuracy (and length-normalised accuracy for choice tasks) of ``model`` on ``docs``."""
-    requests, spans = [], []
-    for doc in docs:
-        doc_requests = requests_for(doc)
-        spans.append((len(requests), len(doc_requests)))
-        requests.extend(doc_requests)
+    requests, spans = task_requests(docs)
     scores = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, progress=progress)
+    return task_result(docs, requests, spans, scores, name)
+
+
+def task_result(docs, requests, spans, scores: list[float], name: str = "task") -> TaskResult:
+    """Accuracy of the log-likelihoods ``scores`` of ``task_requests(docs)``."""
     correct = correct_norm = 0
     has_norm = task_format(docs[0]) == "choices"
     for doc, (start, count) in zip(docs, spans, strict=True):

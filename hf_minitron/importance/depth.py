@@ -7,16 +7,14 @@ differently. Layers are skipped by running the model without them: no weight is 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm.auto import tqdm
 
 from ..evaluation.perplexity import logprobs_from_hidden
-from ..evaluation.tasks import score_task
+from ..evaluation.tasks import request_batches, task_requests, task_result
 from ..families import family_for, get_module
-from ..layer_io import record_calibration_batches
-from ..layers import decoder_layers, skipped_layers
+from ..layer_io import record_batches
+from ..layers import decoder_layers
 
 
 def _block_runs(model, sizes) -> list[tuple[int, int]]:
@@ -28,68 +26,87 @@ def _block_runs(model, sizes) -> list[tuple[int, int]]:
 def measure_block_lm_loss(
     model, calibration_data, sizes, batch_size: int = 8, progress: bool = True
 ) -> tuple[float | None, dict[int, torch.Tensor]]:
-    """(LM loss of the whole model, {k: [loss with layers i..i+k-1 skipped, for each i]}).
+    """(LM loss of the whole model, {k: [loss with layers i..i+k-1 skipped, for each i]})."""
+    sizes = sorted(set(sizes))
+    if not sizes:
+        return None, {}
+    runs = _block_runs(model, sizes)
+    batches = list(calibration_data.batches(batch_size))
+    sums, tokens = dict.fromkeys([*runs, None], 0.0), 0
+
+    def add(index, run, hidden):
+        nonlocal tokens
+        batch = batches[index]
+        row_sums, counts = logprobs_from_hidden(model, hidden, batch["input_ids"], batch["attention_mask"])
+        sums[run] -= float(row_sums.sum())
+        tokens += int(counts.sum()) if run is None else 0
+
+    _walk_skipping_blocks(model, batches, sizes, add, "LM loss per skipped block", progress)
+    tokens = max(tokens, 1)
+    losses = {k: torch.tensor([sums[(k, start)] / tokens for kk, start in runs if kk == k]) for k in sizes}
+    return sums[None] / tokens, losses
+
+
+@torch.no_grad()
+def measure_block_accuracy(
+    model, tokenizer, docs: list[dict], sizes, batch_size: int = 64, progress: bool = True
+) -> tuple[float | None, dict[int, torch.Tensor]]:
+    """(task accuracy of the whole model, {k: [accuracy with layers i..i+k-1 skipped, for each i]}).
+
+    ``docs`` are rows of a local multiple-choice task (see ``hf_minitron.evaluation.tasks``); each
+    request is scored as ``score_task`` scores it, from the decoder walk ``measure_block_lm_loss`` uses.
+    """
+    sizes = sorted(set(sizes))
+    if not sizes:
+        return None, {}
+    requests, spans = task_requests(docs)
+    batches = request_batches(tokenizer, requests, batch_size)
+    runs = _block_runs(model, sizes)
+    scores = {run: [0.0] * len(requests) for run in [*runs, None]}
+
+    def add(index, run, hidden):
+        group, ids, mask, score = batches[index]
+        row_sums, _ = logprobs_from_hidden(model, hidden, ids, mask, score_mask=score)
+        for row, request in enumerate(group):
+            scores[run][request] = float(row_sums[row])
+
+    inputs = [{"input_ids": ids, "attention_mask": mask} for _, ids, mask, _ in batches]
+    _walk_skipping_blocks(model, inputs, sizes, add, "accuracy per skipped block", progress)
+    accuracy = {run: task_result(docs, requests, spans, values).acc for run, values in scores.items()}
+    return accuracy[None], {k: torch.tensor([accuracy[(k, start)] for kk, start in runs if kk == k]) for k in sizes}
+
+
+def _walk_skipping_blocks(model, batches, sizes, add, description: str, progress: bool) -> None:
+    """Call ``add(batch index, (k, start), hidden)`` with the final normalised hidden states of the model
+    without layers start..start+k-1, for every block and batch, and ``add(batch index, None, hidden)``
+    for the whole model.
 
     The layers below a skipped block compute what the whole model computes there, so each batch
     walks the decoder once, keeping the residual stream at layer i, and only the layers after each
     block run again: about half the layer passes of running the shortened model from its embeddings.
     """
-    sizes = sorted(set(sizes))
-    if not sizes:
-        return None, {}
-    family = family_for(model)
     layers = decoder_layers(model)
-    norm = get_module(model, family.final_norm)
+    norm = get_module(model, family_for(model).final_norm)
     runs = _block_runs(model, sizes)
-    sums, base_sum, count = dict.fromkeys(runs, 0.0), 0.0, 0
-    bar = tqdm(total=len(runs) * math.ceil(len(calibration_data) / batch_size), disable=not progress)
-    bar.set_description("LM loss per skipped block")
-    walked = record_calibration_batches(model, calibration_data, batch_size)
-    for batch, walk in zip(calibration_data.batches(batch_size), walked, strict=True):
-
-        def nll(hidden, input_ids=batch["input_ids"], mask=batch["attention_mask"]):
-            sums_, counts = logprobs_from_hidden(model, norm(hidden), input_ids, mask)
-            return -float(sums_.sum()), int(counts.sum())
+    bar = tqdm(total=len(runs) * len(batches), desc=description, disable=not progress)
+    for index, walk in enumerate(record_batches(model, batches)):
 
         def run_from(first: int, hidden, layer_kwargs=walk.layer_kwargs):
-            for index in range(first, len(layers)):
-                hidden = _layer_output(layers[index], hidden, layer_kwargs[index])
+            for number in range(first, len(layers)):
+                hidden = _layer_output(layers[number], hidden, layer_kwargs[number])
             return hidden
 
         stream = walk.hidden  # the whole model's residual stream entering layer `start`
         for start in range(len(layers)):
             for k in sizes:
                 if start + k <= len(layers):
-                    loss, _ = nll(run_from(start + k, stream))
-                    sums[(k, start)] += loss
+                    add(index, (k, start), norm(run_from(start + k, stream)))
                     bar.update()
             stream = _layer_output(layers[start], stream, walk.layer_kwargs[start])
-        loss, tokens = nll(stream)
-        base_sum, count = base_sum + loss, count + tokens
+        add(index, None, norm(stream))
     bar.close()
-    count = max(count, 1)
-    losses = {k: torch.tensor([sums[(k, start)] / count for kk, start in runs if kk == k]) for k in sizes}
-    return base_sum / count, losses
 
 
 def _layer_output(layer, hidden, kwargs):
     output = layer(hidden.to(next(layer.parameters()).device), **kwargs)
     return output[0] if isinstance(output, tuple) else output
-
-
-@torch.no_grad()
-def measure_block_accuracy(
-    model, tokenizer, docs: list[dict], sizes, batch_size: int = 16, progress: bool = True
-) -> tuple[float | None, dict[int, torch.Tensor]]:
-    """(task accuracy of the whole model, {k: [accuracy with layers i..i+k-1 skipped, for each i]}).
-
-    ``docs`` are rows of a local multiple-choice task (see ``hf_minitron.evaluation.tasks``).
-    """
-    if not sizes:
-        return None, {}
-    base = score_task(model, tokenizer, docs, batch_size=batch_size, progress=False).acc
-    accuracy: dict[int, list[float]] = {k: [] for k in sizes}
-    for k, start in tqdm(_block_runs(model, sizes), desc="accuracy per skipped block", disable=not progress):
-        with skipped_layers(model, range(start, start + k)):
-            accuracy[k].append(score_task(model, tokenizer, docs, batch_size=batch_size, progress=False).acc)
-    return base, {k: torch.tensor(v) for k, v in accuracy.items()}

@@ -272,6 +272,7 @@ def estimate_importance(
         base_accuracy=base_accuracy,
         metadata={
             "downstream_task": _task_name(downstream_task) if accuracy_sizes else None,
+            "downstream_rows": len(docs) if accuracy_sizes else None,  # for the accuracies' standard error
             "model": describe_source(getattr(model.config, "_name_or_path", "") or ""),
             "data": calibration_data.description,
             "batch_aggregation": batch_aggregation,

@@ -43,6 +43,10 @@ class Calibration:
     seq_len: int = 4096
     batch_size: int = 8
     block_search_samples: int = 8  # samples for ranking contiguous blocks by LM loss (depth students)
+    # The multiple-choice task that ranks contiguous blocks for `layer_selection: downstream` students
+    # (a local jsonl file, or builtin:everyday-facts), and how many of its rows to use (None: all).
+    downstream_task: str | None = None
+    downstream_limit: int | None = None
 
 
 @dataclass
@@ -190,6 +194,7 @@ def parse_recipe(values: dict) -> Recipe:
             mixture_shares(recipe.calibration.data, 1)
         except MinitronError as error:
             section_error("calibration", str(error))
+    _check_downstream_task(recipe)
     if calibrates_on_generated(recipe) and recipe.generate_data is None:
         section_error("calibration", "uses data 'generated' but the recipe has no generate_data section")
     for section, settings in (("distill", recipe.distill), ("align", recipe.align)):
@@ -206,6 +211,25 @@ def parse_recipe(values: dict) -> Recipe:
                 f"students.{name}", "names an existing model, but the recipe has no distill section to train it"
             )
     return recipe
+
+
+def _check_downstream_task(recipe: Recipe) -> None:
+    """A ``downstream`` student needs the calibration's task, and the task must read (before any stage runs)."""
+    task = recipe.calibration.downstream_task
+    for name, config in recipe.students.items():
+        if config.layer_selection == "downstream" and task is None:
+            section_error(
+                f"students.{name}",
+                "layer_selection 'downstream' ranks layer blocks by a task: set calibration.downstream_task "
+                "(a multiple-choice jsonl file, or builtin:everyday-facts)",
+            )
+    if task is not None:
+        from ..evaluation.tasks import load_task
+
+        try:
+            load_task(task, limit=1)
+        except MinitronError as error:
+            section_error("calibration", f"downstream_task: {error}")
 
 
 def _students_section(students) -> tuple[dict[str, PruningConfig], dict[str, str]]:

@@ -20,10 +20,9 @@ from ..data import (
     describe_text_source,
     is_mixture,
 )
-from ..errors import MinitronError
 from ..loading import describe_source, load_model, load_model_and_tokenizer
 from ..pruning import check_pruning_config, prune_model, save_pruned_model
-from ..pruning.plan import block_lm_loss_sizes, needed_block_measurement
+from ..pruning.plan import block_accuracy_sizes, block_lm_loss_sizes
 from ..shapes import model_shape
 from ..training_data import load_training_dataset, mix_training_rows, token_block_dataset
 from .recipe import GENERATED, Recipe
@@ -169,25 +168,25 @@ def teacher_correction(run: Run, folder: Path) -> dict:
 def importance(run: Run, folder: Path) -> dict:
     from ..importance import estimate_importance
 
-    teacher, _ = run.teacher()
+    teacher, tokenizer = run.teacher()
     settings = run.recipe.calibration
     layers = teacher.config.num_hidden_layers
-    for name, config in run.recipe.students.items():
+    for config in run.recipe.students.values():
         check_pruning_config(teacher, config)  # every target checked before the long pass
-        needed = needed_block_measurement(layers, config)
-        if needed and needed[0] != "block_lm_loss_sizes":
-            raise MinitronError(
-                f"Student '{name}': layer_selection '{config.layer_selection}' is not available in recipes",
-                fix="use lm_loss, block_importance or explicit (or hf-minitron prune for downstream selection)",
-            )
+    accuracy_sizes = block_accuracy_sizes(layers, run.recipe.students.values())
     calibration = run.calibration_set()
     print(f"  calibrating on {calibration.num_tokens} tokens of {calibration.description}", file=sys.stderr)
     scores = estimate_importance(
         teacher,
+        tokenizer,
         calibration_data=calibration,
         batch_size=settings.batch_size,
-        block_lm_loss_sizes=block_lm_loss_sizes(layers, run.recipe.students.values()),
+        # downstream students read LM loss too: it breaks ties between blocks of equal accuracy
+        block_lm_loss_sizes=sorted({*block_lm_loss_sizes(layers, run.recipe.students.values()), *accuracy_sizes}),
         block_search_samples=settings.block_search_samples,
+        downstream_task=settings.downstream_task if accuracy_sizes else None,
+        downstream_limit=settings.downstream_limit,
+        block_accuracy_sizes=accuracy_sizes,
     )
     scores.save(folder)
     return {

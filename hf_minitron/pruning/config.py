@@ -38,7 +38,10 @@ class PruningConfig:
             ``lm_loss``: the one contiguous block whose removal hurts LM loss least (needs
             scores computed with ``block_lm_loss_sizes`` containing the block size);
             ``downstream``: the one contiguous block whose removal keeps a downstream task's
-            accuracy highest (needs scores with ``downstream_task`` and ``block_accuracy_sizes``);
+            accuracy highest (needs scores with ``downstream_task`` and ``block_accuracy_sizes``;
+            the task may be ``builtin:everyday-facts``); blocks within one standard error of the
+            best accuracy count as tied, and the LM loss sweep, when the scores have it, picks among
+            them (recipes and ``hf-minitron prune`` compute both);
             ``explicit``: exactly ``layers_to_drop``.
             Which is best depends on reconstruction and on the cut (bench/recovery.py, SmolLM2-135M).
             Without reconstruction one contiguous block wins, as Minitron found: 15 of 30 layers by

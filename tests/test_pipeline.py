@@ -160,6 +160,10 @@ def test_model_card_renders_valid_metadata_from_the_run(finished_run):
     base = ModelCard.load(run / "models" / "Tiny-Width-Base" / "README.md")
     assert base.data.base_model is None  # a local teacher: no repository to point to
     assert "`teacher`" in base.content
+    for kind in ("Base", "Instruct"):  # the depth student says which layers went and how they were chosen
+        depth = ModelCard.load(run / "models" / f"Tiny-Depth-{kind}" / "README.md").content
+        assert "Layers removed from the teacher: [" in depth
+        assert "(the contiguous block whose removal raised LM loss on the calibration text least)." in depth
 
 
 def test_resume_skips_finished_stages_and_reruns_what_changed(finished_run, tmp_path, capsys):
@@ -379,7 +383,7 @@ def test_a_downstream_student_drops_the_block_its_task_ranks_best(tmp_path):
     from hf_minitron.importance import ImportanceScores
 
     values = make_inputs(tmp_path)
-    for section in ("distill", "align", "quantize", "publish", "evaluate"):
+    for section in ("align", "quantize", "publish", "evaluate"):
         values.pop(section)
     rows = [{"query": f"Is {i} even? The answer is", "choices": ["yes", "no"], "gold": i % 2} for i in range(12)]
     (tmp_path / "task.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -394,6 +398,8 @@ def test_a_downstream_student_drops_the_block_its_task_ranks_best(tmp_path):
     expected = min(best, key=lambda i: loss[i])
     dropped = json.loads((run / "prune" / "stage.json").read_text())["record"]["dropped_layers"]["depth"]
     assert dropped == [expected, expected + 1]
+    card = (run / "models" / "Tiny-Minitron-Depth-Base" / "README.md").read_text()
+    assert "kept task.jsonl's accuracy highest" in card and str(tmp_path) not in card  # no local paths
 
 
 def test_bad_teacher_cache_settings_are_refused_before_anything_runs(tmp_path):

@@ -6,7 +6,7 @@ Fields the templates use:
 
 name, variant (Width/Depth), kind (Base/Instruct), repo_id, teacher {id, url, license},
 base {id, url} (Instruct only), params {teacher_total, student_total, student_non_embedding, ratio},
-importance {calibration, aggregation} or None, pruning {summary, dropped_layers} or None (a student
+importance {calibration, aggregation} or None, pruning {summary, dropped_layers, layer_choice} or None (a student
 that was not pruned by hf_minitron), reconstruction (a sentence or None), distillation {summary} or None
 (a recipe that stops after pruning),
 alignment {summary} (Instruct only), shape_table, evaluation {student: results, teacher: results},

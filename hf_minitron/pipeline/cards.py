@@ -90,6 +90,24 @@ def _training_summary(facts: dict, name: str) -> str:
     return "; ".join(parts)
 
 
+def _layer_choice(selection: str | None, task: str | None = None) -> str | None:
+    """How the dropped layers were chosen, in words for a card."""
+    return {
+        "lm_loss": "the contiguous block whose removal raised LM loss on the calibration text least",
+        "downstream": f"the contiguous block whose removal kept {_task_label(task)}'s accuracy highest, LM loss "
+        "deciding between blocks within one standard error",
+        "block_importance": "the layers of lowest Block Importance",
+        "explicit": "chosen by hand",
+    }.get(selection)
+
+
+def _task_label(task: str | None) -> str:
+    """A task named without the machine's paths (a card must not reveal them)."""
+    if not task:
+        return "a task"
+    return task if task.startswith("builtin:") else Path(task).name
+
+
 def _pruning_facts(run: Run, name: str, records: dict, shapes: dict) -> dict:
     """What a card says about how a student was pruned: from this run's records, or, for a student the
     recipe gives as a folder, from the record pruning left in its config.json (nothing if it has none)."""
@@ -103,6 +121,9 @@ def _pruning_facts(run: Run, name: str, records: dict, shapes: dict) -> dict:
             "pruning": {
                 "summary": _changes(shapes["teacher"], shapes[name]),
                 "dropped_layers": records["prune"]["dropped_layers"].get(name) or [],
+                "layer_choice": _layer_choice(
+                    run.recipe.students[name].layer_selection, run.recipe.calibration.downstream_task
+                ),
             },
             "reconstruction": _reconstruction_text((records["prune"].get("reconstruction") or {}).get(name)),
         }
@@ -121,6 +142,7 @@ def _pruning_facts(run: Run, name: str, records: dict, shapes: dict) -> dict:
         "pruning": {
             "summary": _changes(record["source_shape"], record["pruned_shape"]),
             "dropped_layers": record.get("dropped_layers") or [],
+            "layer_choice": _layer_choice(record.get("layer_selection")),
         },
         "reconstruction": _reconstruction_text(record.get("reconstruction")),
     }

@@ -99,8 +99,20 @@ def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
     assert set(result["generations"]) == {"teacher", "width", "depth"}
     assert "Paris" in result["generations"]["teacher"]["The capital of France is"]  # plain continuation
     assert all(all(answers.values()) for answers in result["generations"].values())
+    # The depth student's block is ranked by the built-in facts: one within a standard error of the best.
+    import json
+    import math
+
+    from hf_minitron.importance import ImportanceScores
+
+    scores = ImportanceScores.load(tmp_path / "demo" / "importance")
+    accuracy, rows = scores.block_accuracy[4], scores.metadata["downstream_rows"]
+    dropped = json.loads((tmp_path / "demo" / "prune" / "stage.json").read_text())["record"]["dropped_layers"]
+    best = float(accuracy.max())
+    assert scores.metadata["downstream_task"] == "builtin:everyday-facts" and len(dropped["depth"]) == 4
+    assert float(accuracy[dropped["depth"][0]]) >= best - math.sqrt(best * (1 - best) / rows) - 1e-6
     record_measurement(
         f"demo recipe, 4 steps/student: {seconds:.0f} s; held-out ppl teacher {ppl['teacher']:.1f}, "
         f"width {ppl['width pruned']:.1f}→{ppl['width distilled']:.1f}, depth {ppl['depth pruned']:.1f}→"
-        f"{ppl['depth distilled']:.1f} (re-fitted → distilled)"
+        f"{ppl['depth distilled']:.1f} (re-fitted → distilled); depth drops layers {dropped['depth']}"
     )

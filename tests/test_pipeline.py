@@ -217,6 +217,10 @@ def test_resume_skips_finished_stages_and_reruns_what_changed(finished_run, tmp_
         (lambda v: v["quantize"].update(schemes=["int3"]), "unknown scheme\\(s\\) int3"),
         (lambda v: v["students"]["depth"].update(layer_selection="downstream"), "set calibration.downstream_task"),
         (lambda v: v["calibration"].update(downstream_task="missing.jsonl"), "downstream_task: Task file"),
+        (
+            lambda v: v["calibration"].update(downstream_task="builtin:everyday-facts", downstream_limit=-1),
+            "row limit must be a positive integer",
+        ),
     ],
 )
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path, edit, message):

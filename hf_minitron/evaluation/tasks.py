@@ -46,7 +46,10 @@ class TaskResult:
 
 
 def load_task(path: str | os.PathLike, limit: int | None = None) -> list[dict]:
-    """The rows of a multiple-choice jsonl file, or of ``builtin:everyday-facts`` (evaluation/facts.py)."""
+    """The rows of a multiple-choice jsonl file, or of ``builtin:everyday-facts`` (evaluation/facts.py);
+    the first ``limit`` of them when it is given."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise MinitronError(f"A task's row limit must be a positive integer, got {limit!r}")
     if str(path) == BUILTIN_FACTS:
         return everyday_facts()[:limit] if limit else everyday_facts()
     path = Path(path)

@@ -12,7 +12,7 @@ from ..loading import load_model_and_tokenizer
 from ..outputs import claim_output
 from ..pruning import LAYER_SELECTIONS, PruningConfig, check_pruning_config, prune_model, save_pruned_model
 from ..pruning.config import EXPERT_SELECTIONS, NEURON_SELECTIONS, TARGETS
-from ..pruning.plan import needed_block_measurement
+from ..pruning.plan import block_accuracy_sizes, block_lm_loss_sizes
 from ..reconstruction import ReconstructionConfig, reconstruct_model
 from ..reconstruction.config import LAYER_CHOICES, SPAN_METHODS
 from ..shapes import comparison_table, model_shape
@@ -141,18 +141,15 @@ def _prune(args, config: PruningConfig, reconstruction: ReconstructionConfig | N
     )
     source, _ = check_pruning_config(model, config, scores)  # before any long computation
     if scores is None:
-        needed = needed_block_measurement(source["num_hidden_layers"], config)
-        if needed is not None:
-            argument, block = needed
-            if argument == "block_accuracy_sizes" and not args.downstream_task:
-                raise MinitronError(
-                    "layer_selection 'downstream' needs a task",
-                    fix="pass --downstream-task path/to/winogrande.jsonl (or builtin:everyday-facts)",
-                )
-            # downstream selection reads LM loss too: it picks among blocks of (statistically) tied accuracy
-            flags = ["block_sizes"] if argument == "block_lm_loss_sizes" else ["block_sizes", "accuracy_block_sizes"]
-            for flag in flags:
-                setattr(args, flag, sorted({*getattr(args, flag), block}))
+        layers = source["num_hidden_layers"]
+        accuracy_sizes = block_accuracy_sizes(layers, [config])
+        if accuracy_sizes and not args.downstream_task:
+            raise MinitronError(
+                "layer_selection 'downstream' needs a task",
+                fix="pass --downstream-task path/to/winogrande.jsonl (or builtin:everyday-facts)",
+            )
+        args.block_sizes = sorted({*args.block_sizes, *block_lm_loss_sizes(layers, [config])})
+        args.accuracy_block_sizes = sorted({*args.accuracy_block_sizes, *accuracy_sizes})
         scores = compute_scores(args, model, tokenizer)
     before = model_shape(model)
     # Reconstruction fits the student to the unpruned model, so it prunes a copy (twice the memory).

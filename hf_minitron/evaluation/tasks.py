@@ -48,8 +48,7 @@ class TaskResult:
 def load_task(path: str | os.PathLike, limit: int | None = None) -> list[dict]:
     """The rows of a multiple-choice jsonl file, or of ``builtin:everyday-facts`` (evaluation/facts.py);
     the first ``limit`` of them when it is given."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise MinitronError(f"A task's row limit must be a positive integer, got {limit!r}")
+    check_row_limit(limit)
     if str(path) == BUILTIN_FACTS:
         return everyday_facts()[:limit] if limit else everyday_facts()
     path = Path(path)
@@ -74,6 +73,11 @@ def load_task(path: str | os.PathLike, limit: int | None = None) -> list[dict]:
     if not docs:
         raise MinitronError(f"Task file '{path}' holds no rows")
     return docs
+
+
+def check_row_limit(limit) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise MinitronError(f"A task's row limit must be a positive integer, got {limit!r}")
 
 
 def task_format(doc: dict) -> str | None:

@@ -39,7 +39,8 @@ def measure_block_lm_loss(
         batch = batches[index]
         row_sums, counts = logprobs_from_hidden(model, hidden, batch["input_ids"], batch["attention_mask"])
         sums[run] -= float(row_sums.sum())
-        tokens += int(counts.sum()) if run is None else 0
+        if run is None:  # every run scores the same tokens: count them once
+            tokens += int(counts.sum())
 
     _walk_skipping_blocks(model, batches, sizes, add, "LM loss per skipped block", progress)
     tokens = max(tokens, 1)

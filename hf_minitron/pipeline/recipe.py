@@ -224,11 +224,11 @@ def _check_downstream_task(recipe: Recipe) -> None:
                 "(a multiple-choice jsonl file, or builtin:everyday-facts)",
             )
     if task is not None:
-        from ..evaluation.tasks import BUILTIN_FACTS, load_task
+        from ..evaluation.tasks import check_row_limit, load_task
 
         try:
+            check_row_limit(recipe.calibration.downstream_limit)
             load_task(task, limit=1)
-            load_task(BUILTIN_FACTS, limit=recipe.calibration.downstream_limit)  # checks the limit alone
         except MinitronError as error:
             section_error("calibration", f"downstream_task: {error}")
 

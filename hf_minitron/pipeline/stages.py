@@ -181,8 +181,7 @@ def importance(run: Run, folder: Path) -> dict:
         tokenizer,
         calibration_data=calibration,
         batch_size=settings.batch_size,
-        # downstream students read LM loss too: it breaks ties between blocks of equal accuracy
-        block_lm_loss_sizes=sorted({*block_lm_loss_sizes(layers, run.recipe.students.values()), *accuracy_sizes}),
+        block_lm_loss_sizes=block_lm_loss_sizes(layers, run.recipe.students.values()),
         block_search_samples=settings.block_search_samples,
         downstream_task=settings.downstream_task if accuracy_sizes else None,
         downstream_limit=settings.downstream_limit,

@@ -247,21 +247,22 @@ def needed_block_measurement(source_layers: int, config: PruningConfig) -> tuple
     return (argument, block) if argument and block > 0 else None
 
 
-def _block_sizes(source_layers: int, configs, argument: str) -> list[int]:
+def _block_sizes(source_layers: int, configs, arguments: tuple[str, ...]) -> list[int]:
     needed = (needed_block_measurement(source_layers, config) for config in configs)
-    return sorted({k for kind, k in filter(None, needed) if kind == argument})
+    return sorted({k for kind, k in filter(None, needed) if kind in arguments})
 
 
 def block_lm_loss_sizes(source_layers: int, configs) -> list[int]:
-    """The block sizes whose LM-loss sweep the ``lm_loss`` selections among ``configs`` read
+    """The block sizes whose LM-loss sweep the ``lm_loss`` selections among ``configs`` read, and the
+    ``downstream`` ones too, which choose by it among blocks of tied accuracy
     (``estimate_importance(block_lm_loss_sizes=...)``)."""
-    return _block_sizes(source_layers, configs, "block_lm_loss_sizes")
+    return _block_sizes(source_layers, configs, ("block_lm_loss_sizes", "block_accuracy_sizes"))
 
 
 def block_accuracy_sizes(source_layers: int, configs) -> list[int]:
     """The block sizes whose task-accuracy sweep the ``downstream`` selections among ``configs`` read
     (``estimate_importance(block_accuracy_sizes=...)``)."""
-    return _block_sizes(source_layers, configs, "block_accuracy_sizes")
+    return _block_sizes(source_layers, configs, ("block_accuracy_sizes",))
 
 
 def check_pruning_config(

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -49,15 +48,22 @@ def run(args, processes=1, timeout=300):
     return result.stdout
 
 
-@pytest.mark.parametrize("losses", ["logits", "intermediate", "dynamic"])
-def test_ddp_with_two_processes_equals_one_process(tmp_path, losses):
-    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    assert "DistributedType.NO" in run([SCRIPTS / "ddp_distill.py", one, losses])
-    assert "MULTI_CPU" in run([SCRIPTS / "ddp_distill.py", two, losses], processes=2)
-    single, double = load_file(str(one)), load_file(str(two))
-    assert single.keys() == double.keys()
-    for name in single:
-        torch.testing.assert_close(double[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
+LOSSES = ("logits", "intermediate", "dynamic")
+
+
+def test_ddp_with_two_processes_equals_one_process(tmp_path):
+    """For each loss setting (logits alone, intermediate pairs with a fixed and a dynamic weight), two
+    processes end with the weights of one process at the same global batch. Every setting trains in the
+    same launch, one trainer after another."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    assert run([SCRIPTS / "ddp_distill.py", one, ",".join(LOSSES)]).count("DistributedType.NO") == len(LOSSES)
+    assert run([SCRIPTS / "ddp_distill.py", two, ",".join(LOSSES)], processes=2).count("MULTI_CPU") == len(LOSSES)
+    for losses in LOSSES:
+        single, double = (load_file(str(folder / f"{losses}.safetensors")) for folder in (one, two))
+        assert single.keys() == double.keys()
+        for name in single:
+            torch.testing.assert_close(double[name], single[name], rtol=1e-5, atol=1e-6, msg=f"{losses}: {name}")
 
 
 def test_fsdp2_sharded_teacher_and_student_train_like_unsharded():
@@ -71,33 +77,35 @@ def test_fsdp2_sharded_teacher_and_student_train_like_unsharded():
 STAGE_KINDS = {"distill": "distilled model", "align": "aligned model", "correct": "corrected teacher"}
 
 
-@pytest.mark.parametrize("stage", list(STAGE_KINDS))
-def test_each_stage_saves_once_from_rank_0_and_two_processes_equal_one(tmp_path, stage):
-    """Distillation, alignment and teacher correction under two DDP processes: the folder is put in place
+def test_each_stage_saves_once_from_rank_0_and_two_processes_equal_one(tmp_path):
+    """Distillation, alignment and teacher correction under two DDP processes: each folder is put in place
     once, by rank 0, before the save returns on any process, and holds whole tensors equal to a
-    one-process run's with the same global batch."""
-    folders = {}
+    one-process run's with the same global batch. The three stages train in one launch per world size."""
+    roots = {}
     for processes in (1, 2):
-        folder, writes = tmp_path / f"{stage}-{processes}", tmp_path / f"writes-{processes}.log"
-        output = run([SCRIPTS / "stage_export.py", stage, folder, writes], processes=processes, timeout=180)
-        assert writes.read_text().splitlines() == [f"0 {folder.name}"]
-        for rank in range(processes):
-            assert f"rank {rank}: the saved folder holds this process's trained weights" in output
-        assert read_marker(folder)["kind"] == STAGE_KINDS[stage]
-        assert len(AutoTokenizer.from_pretrained(folder)) > 0
-        folders[processes] = folder
-    one, two = (load_file(str(folders[n] / "model.safetensors")) for n in (1, 2))
-    declared = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folders[2])).state_dict()
-    assert one.keys() == two.keys()
-    for name in one:
-        assert two[name].shape == one[name].shape == declared[name].shape, name
-        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
-    reloaded = AutoModelForCausalLM.from_pretrained(folders[2])
-    assert sorted(reloaded.state_dict()) == sorted(declared)
-    if stage == "distill":  # the width projection goes beside the model, never inside
-        assert not any("projection" in name for name in two)
-        beside = [load_file(str(folders[n] / PROJECTION_FILE))["weight"] for n in (1, 2)]
-        torch.testing.assert_close(beside[1], beside[0], rtol=1e-5, atol=1e-6)
+        root, writes = tmp_path / f"world-{processes}", tmp_path / f"writes-{processes}.log"
+        output = run([SCRIPTS / "stage_export.py", ",".join(STAGE_KINDS), root, writes], processes=processes)
+        assert writes.read_text().splitlines() == [f"0 {stage}" for stage in STAGE_KINDS]
+        for stage, kind in STAGE_KINDS.items():
+            for rank in range(processes):
+                assert f"rank {rank}: the saved {stage} folder holds this process's trained weights" in output
+            assert read_marker(root / stage)["kind"] == kind
+            assert len(AutoTokenizer.from_pretrained(root / stage)) > 0
+        roots[processes] = root
+    for stage in STAGE_KINDS:
+        folders = {n: roots[n] / stage for n in (1, 2)}
+        one, two = (load_file(str(folders[n] / "model.safetensors")) for n in (1, 2))
+        declared = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folders[2])).state_dict()
+        assert one.keys() == two.keys()
+        for name in one:
+            assert two[name].shape == one[name].shape == declared[name].shape, f"{stage}: {name}"
+            torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=f"{stage}: {name}")
+        reloaded = AutoModelForCausalLM.from_pretrained(folders[2])
+        assert sorted(reloaded.state_dict()) == sorted(declared)
+        if stage == "distill":  # the width projection goes beside the model, never inside
+            assert not any("projection" in name for name in two)
+            beside = [load_file(str(folders[n] / PROJECTION_FILE))["weight"] for n in (1, 2)]
+            torch.testing.assert_close(beside[1], beside[0], rtol=1e-5, atol=1e-6)
 
 
 def test_fsdp2_sharded_model_exports_whole(tmp_path):

@@ -65,7 +65,8 @@ def test_students_reload_and_generate(
 @pytest.mark.slow
 def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
     """The README's main job on the real teacher, with 4 distillation steps per student, half the
-    calibration and re-fit samples, a quarter of the held-out tokens (the full demo is measured in the
+    calibration and re-fit samples, a quarter of the block-ranking samples, half the facts that rank
+    the depth student's block and a quarter of the held-out tokens (the full demo is measured in the
     README, not here)."""
     import time
 
@@ -75,7 +76,8 @@ def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
     start = time.time()
     recipe = demo_recipe()
     recipe.calibration.num_samples //= 2
-    recipe.calibration.block_search_samples //= 2
+    recipe.calibration.block_search_samples //= 4
+    recipe.calibration.downstream_limit = 30
     recipe.reconstruction.num_samples //= 2
     recipe.evaluate.max_tokens //= 4
     recipe.evaluate.throughput = False

@@ -1,10 +1,12 @@
-"""Train a tiny model with one stage and save it the way the stage does; run with 1 process or under
-torchrun with 2 (gloo, CPU): ``stage_export.py STAGE OUT WRITES_LOG``.
+"""Train tiny models with training stages and save each the way its stage does; run with 1 process or
+under torchrun with 2 (gloo, CPU): ``stage_export.py STAGES OUT_DIR WRITES_LOG``.
 
-STAGE is ``distill`` (DistillationTrainer.export_student, with a width projection set aside),
-``align`` (alignment.align_model) or ``correct`` (teacher_correction.correct_teacher). The global batch
-is 4 either way (4 × 1 process or 2 × 2), so both runs must end with the same weights. Right after
-the save returns, every process checks that the folder is there and holds the weights it trained.
+STAGES is a comma-separated list of ``distill`` (DistillationTrainer.export_student, with a width
+projection set aside), ``align`` (alignment.align_model) or ``correct``
+(teacher_correction.correct_teacher), run one after the other in the same process group (a launch
+costs more than the training), each saved to OUT_DIR/STAGE. The global batch is 4 either way (4 × 1
+process or 2 × 2), so both runs must end with the same weights. Right after each save returns, every
+process checks that the folder is there and holds the weights it trained.
 """
 
 import os
@@ -83,18 +85,19 @@ def correct(out: Path, world: int):
 STAGES = {"distill": distill, "align": align, "correct": correct}
 
 
-def main(stage: str, out: str, writes: str) -> None:
+def main(stages: str, out_dir: str, writes: str) -> None:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    out = Path(out)
     log_folder_writes(Path(writes))
-    trained = STAGES[stage](out, world)
-    # No waiting here: the save itself must return only once the folder is in place on every process.
-    assert (out / "model.safetensors").is_file(), f"rank {rank}: the save returned before the folder existed"
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    mine = {name: tensor.detach() for name, tensor in trained.state_dict().items() if "projection" not in name}
-    for name, tensor in reloaded.state_dict().items():
-        torch.testing.assert_close(tensor, mine[name], rtol=0, atol=0, msg=name)
-    print(f"rank {rank}: the saved folder holds this process's trained weights", flush=True)
+    for stage in stages.split(","):
+        out = Path(out_dir) / stage
+        trained = STAGES[stage](out, world)
+        # No waiting here: the save itself must return only once the folder is in place on every process.
+        assert (out / "model.safetensors").is_file(), f"rank {rank}: the save returned before the folder existed"
+        reloaded = AutoModelForCausalLM.from_pretrained(out)
+        mine = {name: tensor.detach() for name, tensor in trained.state_dict().items() if "projection" not in name}
+        for name, tensor in reloaded.state_dict().items():
+            torch.testing.assert_close(tensor, mine[name], rtol=0, atol=0, msg=f"{stage}: {name}")
+        print(f"rank {rank}: the saved {stage} folder holds this process's trained weights", flush=True)
     if world > 1:
         torch.distributed.barrier()
         # Every check is done: leave without interpreter teardown, where gloo's threads can abort the process.

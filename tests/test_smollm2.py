@@ -1,6 +1,9 @@
 """The real built-in teacher: GGUF loading, width and depth students that reload and generate."""
 
 import copy
+import json
+import math
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_minitron import PruningConfig, model_shape, prune_model, save_pruned_model
 from hf_minitron.evaluation import perplexity
+from hf_minitron.importance import ImportanceScores
 from hf_minitron.loading import BUILTIN_MODELS, resolve_model_location
 
 pytestmark = pytest.mark.slow
@@ -68,8 +72,6 @@ def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
     calibration and re-fit samples, a quarter of the block-ranking samples, half the facts that rank
     the depth student's block and a quarter of the held-out tokens (the full demo is measured in the
     README, not here)."""
-    import time
-
     from hf_minitron.cli.demo import demo_recipe
     from hf_minitron.pipeline import run_recipe
 
@@ -102,11 +104,6 @@ def test_demo_recipe_end_to_end_with_few_steps(tmp_path, record_measurement):
     assert "Paris" in result["generations"]["teacher"]["The capital of France is"]  # plain continuation
     assert all(all(answers.values()) for answers in result["generations"].values())
     # The depth student's block is ranked by the built-in facts: one within a standard error of the best.
-    import json
-    import math
-
-    from hf_minitron.importance import ImportanceScores
-
     scores = ImportanceScores.load(tmp_path / "demo" / "importance")
     accuracy, rows = scores.block_accuracy[4], scores.metadata["downstream_rows"]
     dropped = json.loads((tmp_path / "demo" / "prune" / "stage.json").read_text())["record"]["dropped_layers"]

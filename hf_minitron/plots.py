@@ -77,7 +77,9 @@ def plot_block_removal(scores, path: str | os.PathLike) -> Path | None:
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
     for ax, (name, curves, base) in zip(axes[:, 0], panels, strict=True):
         for k, values in sorted(curves.items()):
-            ax.plot(range(len(values)), values.tolist(), marker="o", ms=3, label=f"{k} layers removed")
+            # NaN: LM loss measured only for the blocks tied in accuracy (the downstream selection's tie-break)
+            partial = " (blocks tied in accuracy)" if values.isnan().any() else ""
+            ax.plot(range(len(values)), values.tolist(), marker="o", ms=3, label=f"{k} layers removed{partial}")
         if base is not None:
             ax.axhline(base, color="gray", ls="--", lw=1, label="no layer removed")
         ax.set_ylabel(name)

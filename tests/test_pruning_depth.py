@@ -204,3 +204,52 @@ def test_block_accuracy_sweep_equals_scoring_each_pruned_model():
     accuracies = measure_block_accuracy(model, tokenizer, choices, [1], progress=False)[1][1]
     assert len(set(accuracies.tolist())) > 1  # the blocks are told apart: the comparison above is not vacuous
     assert loglikelihoods(model, tokenizer, requests_for(choices[0]))  # the scorer the sweep shares
+
+
+def test_downstream_scores_measure_lm_loss_only_for_the_blocks_tied_in_accuracy():
+    """The tie-break needs LM loss only where accuracy ties: those blocks get what the full sweep gives them,
+    the rest NaN, and an ``lm_loss`` selection refuses such scores instead of reading the NaNs."""
+    import copy
+
+    from hf_minitron.errors import MinitronError
+    from hf_minitron.evaluation.tasks import loglikelihoods, requests_for
+    from hf_minitron.importance.depth import measure_block_lm_loss, tied_blocks
+
+    from helpers import char_tokenizer
+
+    model, tokenizer = tiny_model("llama", num_hidden_layers=6, seed=7), char_tokenizer()
+    docs = [{"query": f"Row {i} says", "choices": [" red", " green", " blue"]} for i in range(60)]
+    for doc in docs:  # the answers the whole model picks: removing a layer then costs some of them, or none
+        scores = loglikelihoods(model, tokenizer, requests_for({**doc, "gold": 0}))
+        doc["gold"] = max(range(3), key=scores.__getitem__)
+    calibration = tiny_calibration(num_samples=4)
+    scores = estimate_importance(
+        model, tokenizer, calibration, downstream_task=docs, block_accuracy_sizes=[1], batch_size=2, progress=False
+    )
+    tied = tied_blocks(scores.block_accuracy[1], len(docs))
+    assert 1 < len(tied) < 6  # blocks tie and others do not: the partial sweep and the choice are both tested
+    base, full = measure_block_lm_loss(model, calibration, [1], batch_size=2, progress=False)
+    assert scores.base_lm_loss == pytest.approx(base)
+    for start, loss in enumerate(scores.block_lm_loss[1].tolist()):
+        if start in tied:
+            assert loss == pytest.approx(float(full[1][start]))
+        else:
+            assert loss != loss  # NaN
+    expected = min(tied, key=lambda start: float(full[1][start]))
+    selection = PruningConfig(num_hidden_layers=5, layer_selection="downstream")
+    downstream = prune_model(copy.deepcopy(model), selection, scores)
+    assert downstream.config.minitron_pruning["dropped_layers"] == [expected]
+    with pytest.raises(MinitronError, match="only for the blocks tied in task accuracy"):
+        prune_model(model, PruningConfig(num_hidden_layers=5, layer_selection="lm_loss"), scores)
+    # Asked for both, every block gets its LM loss.
+    both = estimate_importance(
+        model,
+        tokenizer,
+        calibration,
+        downstream_task=docs,
+        block_accuracy_sizes=[1],
+        block_lm_loss_sizes=[1],
+        batch_size=2,
+        progress=False,
+    )
+    torch.testing.assert_close(both.block_lm_loss[1], full[1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..data import check_text_source
 from ..importance import AGGREGATIONS, estimate_importance
 from ..loading import load_model_and_tokenizer
@@ -85,9 +87,11 @@ def _importance(args) -> None:
     print(f"Scores for {scores.metadata['model']} on {scores.metadata['num_tokens']} tokens saved to {args.output}")
     print(f"Layers from least to most important (block importance): {order}")
     for k, losses in sorted(scores.block_lm_loss.items()):
-        start = int(losses.argmin())
+        measured = torch.nonzero(~losses.isnan()).flatten()  # only the blocks tied in accuracy, for downstream
+        start = int(measured[losses[measured].argmin()])
+        among = "" if len(measured) == len(losses) else f" among the {len(measured)} tied in accuracy"
         print(
-            f"Best block of {k} layers to drop by LM loss: {start}..{start + k - 1} "
+            f"Best block of {k} layers to drop by LM loss{among}: {start}..{start + k - 1} "
             f"(loss {losses[start]:.3f}, unpruned {scores.base_lm_loss:.3f})"
         )
     for k, accuracy in sorted(scores.block_accuracy.items()):

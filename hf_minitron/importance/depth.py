@@ -7,6 +7,8 @@ differently. Layers are skipped by running the model without them: no weight is 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
@@ -22,15 +24,36 @@ def _block_runs(model, sizes) -> list[tuple[int, int]]:
     return [(k, start) for k in sizes for start in range(num_layers - k + 1)]
 
 
+def tied_blocks(accuracy: torch.Tensor, rows: int | None) -> list[int]:
+    """The first layers of the blocks whose removal keeps task accuracy within one standard error of the
+    best (sqrt(p(1 - p) / rows) at the best accuracy p): on a task of a few dozen rows one answer is
+    within noise. Without the row count (scores saved by an earlier version) only exact ties."""
+    accuracy = accuracy.double()
+    best = float(accuracy.max())
+    tolerance = math.sqrt(best * (1 - best) / rows) if rows else 0.0
+    return torch.nonzero(accuracy >= best - tolerance - 1e-9).flatten().tolist()
+
+
 @torch.no_grad()
 def measure_block_lm_loss(
-    model, calibration_data, sizes, batch_size: int = 8, progress: bool = True
+    model,
+    calibration_data,
+    sizes,
+    batch_size: int = 8,
+    progress: bool = True,
+    only: dict[int, list[int]] | None = None,
 ) -> tuple[float | None, dict[int, torch.Tensor]]:
-    """(LM loss of the whole model, {k: [loss with layers i..i+k-1 skipped, for each i]})."""
+    """(LM loss of the whole model, {k: [loss with layers i..i+k-1 skipped, for each i]}).
+
+    ``only`` ({k: [first layers]}) measures just those blocks of size k and leaves the others NaN: the
+    ``downstream`` selection needs LM loss only to choose among the blocks tied in accuracy, and each
+    block costs a pass over the layers after it.
+    """
     sizes = sorted(set(sizes))
     if not sizes:
         return None, {}
-    runs = _block_runs(model, sizes)
+    only = only or {}
+    runs = [(k, start) for k, start in _block_runs(model, sizes) if k not in only or start in only[k]]
     batches = list(calibration_data.batches(batch_size))
     sums, tokens = dict.fromkeys([*runs, None], 0.0), 0
 
@@ -42,9 +65,11 @@ def measure_block_lm_loss(
         if run is None:  # every run scores the same tokens: count them once
             tokens += int(counts.sum())
 
-    _walk_skipping_blocks(model, batches, sizes, add, "LM loss per skipped block", progress)
+    _walk_skipping_blocks(model, batches, runs, add, "LM loss per skipped block", progress)
     tokens = max(tokens, 1)
-    losses = {k: torch.tensor([sums[(k, start)] / tokens for kk, start in runs if kk == k]) for k in sizes}
+    losses = {k: torch.full((len(decoder_layers(model)) - k + 1,), math.nan) for k in sizes}
+    for k, start in runs:
+        losses[k][start] = sums[(k, start)] / tokens
     return sums[None] / tokens, losses
 
 
@@ -72,15 +97,15 @@ def measure_block_accuracy(
             scores[run][request] = float(row_sums[row])
 
     inputs = [{"input_ids": ids, "attention_mask": mask} for _, ids, mask, _ in batches]
-    _walk_skipping_blocks(model, inputs, sizes, add, "accuracy per skipped block", progress)
+    _walk_skipping_blocks(model, inputs, runs, add, "accuracy per skipped block", progress)
     accuracy = {run: task_result(docs, requests, spans, values).acc for run, values in scores.items()}
     return accuracy[None], {k: torch.tensor([accuracy[(k, start)] for kk, start in runs if kk == k]) for k in sizes}
 
 
-def _walk_skipping_blocks(model, batches, sizes, add, description: str, progress: bool) -> None:
+def _walk_skipping_blocks(model, batches, runs, add, description: str, progress: bool) -> None:
     """Call ``add(batch index, (k, start), hidden)`` with the final normalised hidden states of the model
-    without layers start..start+k-1, for every block and batch, and ``add(batch index, None, hidden)``
-    for the whole model.
+    without layers start..start+k-1, for every block (k, start) of ``runs`` and every batch, and
+    ``add(batch index, None, hidden)`` for the whole model.
 
     The layers below a skipped block compute what the whole model computes there, so each batch
     walks the decoder once, keeping the residual stream at layer i, and only the layers after each
@@ -88,7 +113,7 @@ def _walk_skipping_blocks(model, batches, sizes, add, description: str, progress
     """
     layers = decoder_layers(model)
     norm = get_module(model, family_for(model).final_norm)
-    runs = _block_runs(model, sizes)
+    starts = {start: [k for k, first in runs if first == start] for start in range(len(layers))}
     bar = tqdm(total=len(runs) * len(batches), desc=description, disable=not progress)
     for index, walk in enumerate(record_batches(model, batches)):
 
@@ -99,10 +124,9 @@ def _walk_skipping_blocks(model, batches, sizes, add, description: str, progress
 
         stream = walk.hidden  # the whole model's residual stream entering layer `start`
         for start in range(len(layers)):
-            for k in sizes:
-                if start + k <= len(layers):
-                    add(index, (k, start), norm(run_from(start + k, stream)))
-                    bar.update()
+            for k in starts[start]:
+                add(index, (k, start), norm(run_from(start + k, stream)))
+                bar.update()
             stream = _layer_output(layers[start], stream, walk.layer_kwargs[start])
         add(index, None, norm(stream))
     bar.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -10,6 +9,7 @@ import torch
 
 from ..errors import MinitronError
 from ..families import HEADS, HIDDEN, KV_HEADS, MLP, ModelFamily, family_for, find_module
+from ..importance.depth import tied_blocks
 from ..importance.scores import ImportanceScores
 from ..layers import decoder_layers
 from ..shapes import config_head_dim
@@ -141,6 +141,12 @@ def _validate(source, target, config: PruningConfig, scores: ImportanceScores | 
                 f"layer_selection '{config.layer_selection}' needs {field_name} for blocks of {k} layers (the "
                 f"scores have {have}); estimate importance with {argument}=[{k}] ({flag} {k})"
             )
+        elif scores is not None and field_name == "block_lm_loss" and scores.block_lm_loss[k].isnan().any():
+            problems.append(
+                f"layer_selection 'lm_loss' needs the LM loss of every block of {k} layers, and these scores hold "
+                "it only for the blocks tied in task accuracy (measured for the 'downstream' selection); estimate "
+                f"importance with block_lm_loss_sizes=[{k}] ({flag} {k})"
+            )
     if (
         target["intermediate_size"] < source["intermediate_size"]
         and config.neuron_selection == "energy"
@@ -216,21 +222,19 @@ def _choose_layers(config: PruningConfig, scores, num_layers: int, target_layers
 def _block_by_accuracy(scores, k: int) -> int:
     """The first layer of the block of ``k`` to drop by task accuracy.
 
-    Blocks whose accuracy is within one standard error of the best one (sqrt(p(1 - p) / rows) at the
-    best accuracy p) count as tied, the one-standard-error rule: on a task of a few dozen rows one
-    answer is within noise, and LM loss, measured on every calibration token, then picks the block
-    whose removal hurts it least. Without LM loss, or without the task's row count (scores saved by
-    an earlier version), only exact ties are broken that way. On SmolLM2-135M and the built-in facts
-    task (59 rows, the teacher 54 right) removing layers 14-17 keeps all 54, 15-18 and 16-19 keep 52
-    (tied with it: one standard error is 2.1 rows), and 4-7, the block of least LM loss, 50."""
-    accuracy = scores.block_accuracy[k].double()
-    best = accuracy.max()
-    rows = scores.metadata.get("downstream_rows")
-    tolerance = math.sqrt(best * (1 - best) / rows) if rows else 0.0
-    tied = torch.nonzero(accuracy >= best - tolerance - 1e-9).flatten()
+    Blocks whose accuracy is within one standard error of the best one count as tied (the
+    one-standard-error rule, ``tied_blocks``), and LM loss, measured on every calibration token, then
+    picks the block whose removal hurts it least. Without LM loss only exact ties are broken that way.
+    On SmolLM2-135M and the built-in facts task (59 rows, the teacher 54 right) removing layers 14-17
+    keeps all 54, 15-18 and 16-19 keep 52 (tied with it: one standard error is 2.1 rows), and 4-7, the
+    block of least LM loss, 50."""
+    accuracy = scores.block_accuracy[k]
+    tied = torch.tensor(tied_blocks(accuracy, scores.metadata.get("downstream_rows")))
     if k in scores.block_lm_loss and len(tied) > 1:
-        return int(tied[torch.argmin(scores.block_lm_loss[k][tied])])
-    return int(torch.nonzero(accuracy == best).flatten()[0])
+        losses = scores.block_lm_loss[k][tied]
+        if not losses.isnan().any():
+            return int(tied[torch.argmin(losses)])
+    return int(torch.nonzero(accuracy == accuracy.max()).flatten()[0])
 
 
 def needed_block_measurement(source_layers: int, config: PruningConfig) -> tuple[str, int] | None:
@@ -253,10 +257,10 @@ def _block_sizes(source_layers: int, configs, arguments: tuple[str, ...]) -> lis
 
 
 def block_lm_loss_sizes(source_layers: int, configs) -> list[int]:
-    """The block sizes whose LM-loss sweep the ``lm_loss`` selections among ``configs`` read, and the
-    ``downstream`` ones too, which choose by it among blocks of tied accuracy
-    (``estimate_importance(block_lm_loss_sizes=...)``)."""
-    return _block_sizes(source_layers, configs, ("block_lm_loss_sizes", "block_accuracy_sizes"))
+    """The block sizes whose LM-loss sweep the ``lm_loss`` selections among ``configs`` read
+    (``estimate_importance(block_lm_loss_sizes=...)``). The ``downstream`` ones need the LM loss only of
+    the blocks tied in accuracy, which the accuracy sweep measures itself."""
+    return _block_sizes(source_layers, configs, ("block_lm_loss_sizes",))
 
 
 def block_accuracy_sizes(source_layers: int, configs) -> list[int]:

@@ -218,6 +218,34 @@ def test_a_walk_stops_after_its_last_fit_with_the_student_of_the_whole_walk(monk
     assert early_counts == (3 * 4, 4) and whole_counts == (6 * 4, 4 + 3 * 4)
 
 
+def test_untouched_layers_below_the_first_fit_take_the_teachers_stream_with_the_same_student(monkeypatch):
+    """Below a depth student's first fit its layers are copies of the teacher's on the teacher's input: their
+    output is the teacher's, which the walk already has, so the student does not run them itself."""
+    teacher = tiny_model("llama", num_hidden_layers=6)
+    calibration = tiny_calibration(num_samples=16, length=24)
+    pruned = prune_model(copy.deepcopy(teacher), PruningConfig(layers_to_drop=[3, 4]))
+    config = ReconstructionConfig(layers="changed", damping=0.01, batch_size=4)
+    passes = []
+    run_layer = fits.run_layer
+    monkeypatch.setattr(fits, "run_layer", lambda *a, **k: passes.append(1) or run_layer(*a, **k))
+
+    def walk():
+        student = copy.deepcopy(pruned)
+        report = reconstruct_model(student, teacher, calibration, config=config, progress=False)
+        count, passes[:] = len(passes), []
+        return student, report["layers"], count
+
+    shared, shared_fits, shared_passes = walk()
+    # As if the walk never followed the teacher: the student runs its layers 0 and 1 itself.
+    monkeypatch.setattr(fits.StudentWalk, "follows_teacher", property(lambda self: False, lambda self, value: None))
+    own, own_fits, own_passes = walk()
+    assert shared_fits == own_fits and [fit.get("span") for fit in own_fits] == [None, None, [3, 4], None]
+    for name, param in own.named_parameters():
+        assert torch.equal(shared.get_parameter(name), param), name
+    # 4 batches: layer 2's MLP fit runs it once per batch; walking alone adds layers 0 and 1.
+    assert (shared_passes, own_passes) == (4, 4 + 2 * 4)
+
+
 def test_folding_a_linear_map_equals_running_it_in_place_of_the_span(input_ids):
     """The saved model computes exactly what the pruned model computes with the map applied to its MLP output."""
     model = tiny_model("llama", num_hidden_layers=6, mlp_bias=True).double()

@@ -46,6 +46,9 @@ class StudentWalk:
     attention_inputs: dict = field(default_factory=dict)  # layer → per batch: its o_proj input, until its MLP fit
     mlp_parts: list | None = None  # per batch, from the last MLP fit: (stream after attention, down_proj input)
     parts_ok: bool | None = None  # the layer computed in parts equals the layer (checked once)
+    # Its stream is the teacher's: every channel kept and every layer so far an untouched copy of the
+    # teacher's on the teacher's own input, so the next untouched copy needs no pass of its own.
+    follows_teacher: bool = False
 
     def select(self, teacher_hidden: torch.Tensor) -> torch.Tensor:
         """The teacher's residual stream restricted to the student's channels."""

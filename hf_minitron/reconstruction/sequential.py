@@ -133,6 +133,7 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
     teacher_stream = [batch.hidden for batch in batches]
     for walk in walks:
         walk.stream = [walk.select(hidden) for hidden in teacher_stream]
+        walk.follows_teacher = walk.hidden is None
     teacher_layers = decoder_layers(teacher)
     last = len(teacher_layers) - 1
     needed = [_last_layer_needed(walk, config, last) for walk in walks]
@@ -174,6 +175,15 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
                 fit["mlp"] = fit_mlp_output(walk, index, batches, teacher_stream, config.damping, as_map)
                 if span:
                     fit["span"] = [walk.kept[index] + 1, t]
+            if walk.follows_teacher and not span and not {"attention", "mlp"} & set(walk.fits[-1]):
+                # An untouched copy of teacher layer t on the teacher's input: its output is the teacher's.
+                # (A depth student re-fitting only the layer before its dropped block skips a pass of
+                # every layer below it.)
+                walk.stream = list(teacher_stream)
+                walk.attention_inputs.pop(index, None)
+                walk.mlp_parts = None
+                continue
+            walk.follows_teacher = False
             walk.advance(index, batches)
     for walk in walks:
         if config.final_norm and walk.hidden is not None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 
 def _pyplot():
     import matplotlib
+
+    # A font cache written by another environment (one since deleted, sharing ~/.cache/matplotlib) lacks
+    # matplotlib's bundled math fonts: the log axes' tick labels then log a "findfont" warning per font,
+    # each falling back to DejaVu Sans, which draws these plots the same.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

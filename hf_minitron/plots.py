@@ -80,7 +80,8 @@ def plot_block_removal(scores, path: str | os.PathLike) -> Path | None:
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
+    # Shared x: an LM-loss curve of the tied blocks only lines up with the accuracy curve of all of them.
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False, sharex=True)
     for ax, (name, curves, base) in zip(axes[:, 0], panels, strict=True):
         for k, values in sorted(curves.items()):
             # NaN: LM loss measured only for the blocks tied in accuracy (the downstream selection's tie-break)
@@ -89,9 +90,9 @@ def plot_block_removal(scores, path: str | os.PathLike) -> Path | None:
         if base is not None:
             ax.axhline(base, color="gray", ls="--", lw=1, label="no layer removed")
         ax.set_ylabel(name)
-        ax.set_xlabel("first removed layer")
         ax.xaxis.set_major_locator(_integer_ticks())
         ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("first removed layer")
     fig.suptitle("Removing one contiguous block of layers")
     return _save(fig, path)
 

@@ -40,8 +40,8 @@ class PruningConfig:
             ``downstream``: the one contiguous block whose removal keeps a downstream task's
             accuracy highest (needs scores with ``downstream_task`` and ``block_accuracy_sizes``;
             the task may be ``builtin:everyday-facts``); blocks within one standard error of the
-            best accuracy count as tied, and the LM loss sweep, when the scores have it, picks among
-            them (recipes and ``hf-minitron prune`` compute both);
+            best accuracy count as tied, and LM loss, which ``estimate_importance`` measures for the
+            tied blocks along with the accuracy sweep, picks among them;
             ``explicit``: exactly ``layers_to_drop``.
             Which is best depends on reconstruction and on the cut (bench/recovery.py, SmolLM2-135M).
             Without reconstruction one contiguous block wins, as Minitron found: 15 of 30 layers by

@@ -198,7 +198,8 @@ def test_chat_rows_train_as_is_with_sft_and_distillation(tmp_path):
     common = dict(max_steps=2, per_device_train_batch_size=4, report_to=[], save_strategy="no", max_length=64)
     sft = SFTTrainer(
         model=tiny_model(seed=3),
-        args=SFTConfig(output_dir=str(tmp_path / "sft"), bf16=False, **common),
+        # TRL's own config, as a user would write it for a CPU (pinned memory only helps copies to a GPU)
+        args=SFTConfig(output_dir=str(tmp_path / "sft"), bf16=False, dataloader_pin_memory=False, **common),
         train_dataset=data,
         processing_class=tokenizer,
     )

@@ -31,7 +31,7 @@ def reload(path):
 
 
 def relative_error(a, b):
-    return float((a - b).abs().max() / b.abs().max())
+    return float((a - b).detach().abs().max() / b.detach().abs().max())
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ def test_bars_off_inside_and_restored_after(hub_on):
 def test_plots_quiet_with_a_font_cache_missing_matplotlib_fonts(tmp_path):
     """A font cache written by another, since deleted, environment lists none of matplotlib's bundled math
     fonts: the log axes of the importance plot then made matplotlib warn once per font ("findfont: ...")."""
+    import os
     import subprocess
     import sys
 
@@ -65,7 +66,7 @@ else:
     ax.set_yscale("log")
     fig.savefig(Path(sys.argv[2]) / "plain.png")
 """
-    env = {**__import__("os").environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
 
     def stderr_of(mode):
         run = subprocess.run(

@@ -269,3 +269,22 @@ def test_padding_never_counts_for_experts():
     batched = estimate_importance(model, calibration_data=padded, batch_size=3, progress=False)
     for name in ("expert_saliency", "expert_frequency", "expert_neurons"):
         torch.testing.assert_close(getattr(batched, name), getattr(one_by_one, name), rtol=1e-4, atol=1e-6)
+
+
+def test_expert_pruned_layers_below_a_depth_fit_run_themselves(monkeypatch):
+    """Layers that lost experts are no copies of the teacher's: the walk runs them, as if it never took the
+    teacher's stream, and re-fits the dense layer before the dropped span on what they compute."""
+    from hf_minitron.reconstruction import fits
+
+    teacher = tiny_moe_model("qwen3_moe", num_hidden_layers=6, mlp_only_layers=[2])
+    calibration = tiny_calibration(num_samples=8, length=24)
+    student = prune_model(
+        copy.deepcopy(teacher), PruningConfig(num_experts=4, layers_to_drop=[3, 4]), scores_of(teacher)
+    )
+    config = ReconstructionConfig(layers="changed", damping=0.01, batch_size=4)
+    walked = copy.deepcopy(student)
+    reconstruct_model(walked, teacher, calibration, config=config, progress=False)
+    monkeypatch.setattr(fits.StudentWalk, "follows_teacher", property(lambda self: False, lambda self, value: None))
+    reconstruct_model(student, teacher, calibration, config=config, progress=False)
+    for name, param in student.named_parameters():
+        assert torch.equal(walked.get_parameter(name), param), name

@@ -47,7 +47,7 @@ class StudentWalk:
     mlp_parts: list | None = None  # per batch, from the last MLP fit: (stream after attention, down_proj input)
     parts_ok: bool | None = None  # the layer computed in parts equals the layer (checked once)
     # Its stream is the teacher's: every channel kept and every layer so far an untouched copy of the
-    # teacher's on the teacher's own input, so the next untouched copy needs no pass of its own.
+    # teacher's (same shapes, no fit) on the teacher's own input, so the next such copy needs no pass.
     follows_teacher: bool = False
 
     def select(self, teacher_hidden: torch.Tensor) -> torch.Tensor:

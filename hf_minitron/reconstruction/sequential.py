@@ -175,7 +175,8 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
                 fit["mlp"] = fit_mlp_output(walk, index, batches, teacher_stream, config.damping, as_map)
                 if span:
                     fit["span"] = [walk.kept[index] + 1, t]
-            if walk.follows_teacher and not span and not {"attention", "mlp"} & set(walk.fits[-1]):
+            untouched = not span and not {"attention", "mlp"} & set(walk.fits[-1])
+            if walk.follows_teacher and untouched and _same_shapes(walk.layer(index), teacher_layers[t]):
                 # An untouched copy of teacher layer t on the teacher's input: its output is the teacher's.
                 # (A depth student re-fitting only the layer before its dropped block skips a pass of
                 # every layer below it.)
@@ -188,6 +189,13 @@ def _walk(teacher, walks: list[StudentWalk], calibration: CalibrationSet, config
     for walk in walks:
         if config.final_norm and walk.hidden is not None:
             walk.fits.append(fit_final_norm(walk, teacher, teacher_stream, batches, config.damping))
+
+
+def _same_shapes(student_layer, teacher_layer) -> bool:
+    """Whether pruning left the layer whole: it only ever removes (heads, neurons, experts), so a layer of the
+    teacher's shapes is the teacher's, unless a fit changed it."""
+    shapes = [[tuple(p.shape) for p in layer.parameters()] for layer in (student_layer, teacher_layer)]
+    return shapes[0] == shapes[1]
 
 
 def _last_layer_needed(walk: StudentWalk, config: ReconstructionConfig, last: int) -> int:
